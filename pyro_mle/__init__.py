@@ -1,0 +1,13 @@
+"""pyro_mle: a loss function is the negative log-likelihood of a distribution over the targets.
+
+Write an ordinary Pyro program whose observed sites use a likelihood head; its NLL is the
+classical loss (least squares, cross-entropy, ...).
+"""
+
+from . import likelihoods
+from ._validation import validation, validation_enabled
+from .likelihoods import empirical_kl
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "empirical_kl", "likelihoods", "validation", "validation_enabled"]

@@ -1,0 +1,49 @@
+"""Likelihood heads: a network's raw outputs → a distribution whose NLL is the loss.
+
+Every family is registered by name::
+
+    >>> from pyro_mle import likelihoods
+    >>> likelihoods.names()[:3]
+    ['bernoulli', 'beta', 'categorical']
+    >>> likelihoods.get("normal")(scale=0.3)
+    Normal(scale=0.3)
+"""
+
+from . import links
+from .base import Likelihood, Param, get, names
+from .circular import VonMises, VonMisesMixture, log_von_mises_pdf, wrap_angle
+from .continuous import Beta, Exponential, Gamma, Laplace, Normal, StudentT
+from .discrete import Bernoulli, Categorical, NegativeBinomial, Poisson
+from .divergence import KLDecomposition, empirical_kl
+from .mixture import NormalMixture
+from .multivariate import MultivariateNormal
+from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
+
+__all__ = [
+    "Bernoulli",
+    "Beta",
+    "Categorical",
+    "Exponential",
+    "Gamma",
+    "KLDecomposition",
+    "Laplace",
+    "Likelihood",
+    "MultivariateNormal",
+    "NegativeBinomial",
+    "Normal",
+    "NormalMixture",
+    "Param",
+    "PlackettLuce",
+    "PlackettLuceDistribution",
+    "Poisson",
+    "StudentT",
+    "VonMises",
+    "VonMisesMixture",
+    "empirical_kl",
+    "get",
+    "links",
+    "log_von_mises_pdf",
+    "names",
+    "permutation",
+    "wrap_angle",
+]
