@@ -107,6 +107,4 @@ def as_tensor(what: str, value: object, dtype: torch.dtype) -> torch.Tensor:
     try:
         return torch.as_tensor(value, dtype=dtype)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(
-            f"{what} must be a tensor, an array or a number; got {type(value).__name__} ({e})."
-        ) from None
+        raise TypeError(f"{what} must be a tensor, an array or a number; got {type(value).__name__} ({e}).") from None

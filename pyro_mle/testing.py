@@ -186,7 +186,9 @@ class LikelihoodTestCase:
             bad = out[..., :1]
         else:
             bad = torch.cat([out, out[..., :1]], dim=-1)
-        with pytest.raises(ValueError, match=rf"{type(lik).__name__} likelihood: network outputs have \d+ channels|at least 2 channels"):
+        with pytest.raises(
+            ValueError, match=rf"{type(lik).__name__} likelihood: network outputs have \d+ channels|at least 2 channels"
+        ):
             lik.nll(bad, y)
 
     def test_flat_outputs_accepted_for_one_channel_heads(self):

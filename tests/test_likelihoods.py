@@ -234,7 +234,10 @@ class TestNegativeBinomial(LikelihoodTestCase):
 
 
 class TestPlackettLuce(LikelihoodTestCase):
-    bad_observations = (([0.0, 0.0, 1.0, 2.0], "permutations of the item indices"), ([0.0, 1.0, 2.0, 5.0], "best first"))
+    bad_observations = (
+        ([0.0, 0.0, 1.0, 2.0], "permutations of the item indices"),
+        ([0.0, 1.0, 2.0, 5.0], "best first"),
+    )
     extremes = (-1e4, 1e4)
 
     def make_likelihood(self):
@@ -290,7 +293,9 @@ def test_predicted_mean_directions_are_wrapped_angles():
     lik = L.VonMises()
     p = lik.parameters(torch.tensor([[1e6, 0.0], [-1e6, 0.0], [0.0, 0.0]], dtype=torch.float64))
     assert (p["loc"].abs() <= math.pi).all()
-    np.testing.assert_allclose(L.wrap_angle(torch.tensor([3 * math.pi / 2, -3 * math.pi / 2])).numpy(), [-math.pi / 2, math.pi / 2], atol=1e-6)
+    np.testing.assert_allclose(
+        L.wrap_angle(torch.tensor([3 * math.pi / 2, -3 * math.pi / 2])).numpy(), [-math.pi / 2, math.pi / 2], atol=1e-6
+    )
 
 
 def test_categorical_infers_k_and_known_k_is_enforced():
@@ -329,7 +334,9 @@ def test_registry_lookup_and_unknown_name():
 
 
 def test_unknown_fixed_parameter_lists_the_valid_ones():
-    with pytest.raises(TypeError, match=r"Normal likelihood has no parameter 'sigma'; its parameters are \['loc', 'scale'\]"):
+    with pytest.raises(
+        TypeError, match=r"Normal likelihood has no parameter 'sigma'; its parameters are \['loc', 'scale'\]"
+    ):
         L.Normal(sigma=1.0)
 
 

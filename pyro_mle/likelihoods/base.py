@@ -63,13 +63,16 @@ class Likelihood:
     name: ClassVar[str]
     params: ClassVar[tuple[Param, ...]]
     #: Name of the classical loss the NLL equals (``"least squares"``).
-    loss_name: ClassVar[str]
+    loss_name: str
     #: 0 for scalar targets, 1 when one example is a vector (multivariate, rankings).
     event_dim: ClassVar[int] = 0
     #: Constraint on observed values, and how to say it and fix it in an error message.
     support: ClassVar[constraints.Constraint] = constraints.real
     support_text: ClassVar[str] = "real numbers"
     support_fix: ClassVar[str] = ""
+    #: Constructor keywords of typical heads of this family, shown by ``pyro-mle list`` and
+    #: used by the loss-certificate table.
+    examples: ClassVar[tuple[dict, ...]] = ({},)
     #: Constructor arguments other than fixed parameters, as (keyword, attribute), for repr.
     _options: ClassVar[tuple[tuple[str, str], ...]] = ()
 
@@ -94,6 +97,8 @@ class Likelihood:
             if p.name in fixed and fixed[p.name] is not None:
                 checked[p.name] = self._check_fixed(p, fixed[p.name])
         self.fixed: Mapping[str, torch.Tensor | float] = MappingProxyType(checked)
+        # fixed values given as numbers/lists follow the outputs' dtype; users' tensors do not
+        self._converted = frozenset(k for k in checked if not isinstance(fixed[k], torch.Tensor))
         self.predicted: tuple[str, ...] = tuple(p.name for p in self.param_specs if p.name not in checked)
         if not self.predicted:
             raise ValueError(
@@ -134,9 +139,7 @@ class Likelihood:
 
     def __repr__(self) -> str:
         args = [f"{k}={getattr(self, a)!r}" for k, a in self._options if getattr(self, a) is not None]
-        args += [
-            f"{k}={v if isinstance(v, float) else 'tensor' + str(tuple(v.shape))}" for k, v in self.fixed.items()
-        ]
+        args += [f"{k}={_short(v)}" for k, v in self.fixed.items()]
         return f"{type(self).__name__}({', '.join(args)})"
 
     # ------------------------------------------------------------------ checks
@@ -144,12 +147,11 @@ class Likelihood:
     def _label(self) -> str:
         return f"{type(self).__name__} likelihood"
 
-    def _check_fixed(self, p: Param, value: float | torch.Tensor) -> torch.Tensor | float:
+    def _check_fixed(self, p: Param, value: object) -> torch.Tensor | float:
+        """A fixed value, checked. Numbers, lists and arrays are kept in float64 and cast to
+        the outputs' dtype when used; a user's tensor (a latent site, say) is used as is."""
         what = f"{self._label}: fixed {p.name}"
-        if isinstance(value, (int, float)):
-            t = torch.tensor(float(value), dtype=torch.float64)
-        else:
-            t = as_tensor(what, value, torch.get_default_dtype()) if not isinstance(value, torch.Tensor) else value
+        t = value if isinstance(value, torch.Tensor) else as_tensor(what, value, torch.float64)
         if not t.dtype.is_floating_point:
             t = t.to(torch.get_default_dtype())
         check_finite(what, t.detach(), p.link.event_dim, "Pass finite values.")
@@ -158,7 +160,9 @@ class Likelihood:
             raise ValueError(
                 f"{what} must satisfy {p.link.codomain} ({p.doc or p.link.name}); got {t.detach().tolist()}."
             )
-        return float(value) if isinstance(value, (int, float)) else t
+        if isinstance(value, torch.Tensor):
+            return t
+        return float(t) if t.dim() == 0 else t
 
     def _outputs(self, outputs: torch.Tensor, y_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Outputs as a float tensor with an explicit channel dimension, checked.
@@ -175,8 +179,9 @@ class Likelihood:
         n = self.num_outputs
         if n == 1 and self.event_dim == 0 and (outputs.dim() == 0 or outputs.shape[-1] != 1):
             flat = outputs.dim() <= 1 or (
-                y_shape is not None and 0 < len(y_shape) <= outputs.dim()
-                and tuple(outputs.shape[outputs.dim() - len(y_shape):]) == tuple(y_shape)
+                y_shape is not None
+                and 0 < len(y_shape) <= outputs.dim()
+                and tuple(outputs.shape[outputs.dim() - len(y_shape) :]) == tuple(y_shape)
             )
             if flat:
                 outputs = outputs.unsqueeze(-1)
@@ -201,27 +206,34 @@ class Likelihood:
     def _channel_text(self) -> str:
         return ", ".join(f"{k} ({v if v is not None else 'K'})" for k, v in self.channels.items())
 
-    def _check_y(self, y: object, batch_shape: torch.Size, event_shape: torch.Size, dtype: torch.dtype,
-                 params: dict[str, torch.Tensor], site: str) -> torch.Tensor:
+    def _check_y(
+        self,
+        y: object,
+        batch_shape: torch.Size,
+        event_shape: torch.Size,
+        dtype: torch.dtype,
+        params: dict[str, torch.Tensor],
+        site: str,
+    ) -> torch.Tensor:
         what = f"{self._label} {site!r}: observed values"
         y = as_tensor(what, y, dtype)
         ev = self.event_dim
-        if y.dim() < ev or tuple(y.shape[y.dim() - ev:]) != tuple(event_shape):
+        if y.dim() < ev or tuple(y.shape[y.dim() - ev :]) != tuple(event_shape):
             raise ValueError(
                 f"{what} have shape {tuple(y.shape)}, but one example is an event of shape "
                 f"{tuple(event_shape)}. Give y as (N, {', '.join(map(str, event_shape))})."
             )
         yb = tuple(y.shape[: y.dim() - ev])
         nb = len(yb)
-        if (nb == 0 and len(batch_shape) > 0) or nb > len(batch_shape) or tuple(batch_shape[len(batch_shape) - nb:]) != yb:
-            hint = ""
-            if nb == len(batch_shape) + 1 and yb[-1] == 1:
-                hint = f" y of shape {tuple(y.shape)} against outputs for {tuple(batch_shape)} would broadcast to a {tuple(batch_shape) + (batch_shape[-1],) if batch_shape else ()} table: pass y.squeeze(-1)."
-            elif nb + 1 == len(batch_shape) and batch_shape[-1] == 1:
-                hint = " The outputs carry a trailing dimension of size 1 that y lacks: pass y.unsqueeze(-1) or give outputs of shape (N, channels)."
+        if (
+            (nb == 0 and len(batch_shape) > 0)
+            or nb > len(batch_shape)
+            or tuple(batch_shape[len(batch_shape) - nb :]) != yb
+        ):
             raise ValueError(
                 f"{what} have batch shape {yb} but the outputs give one distribution per example with "
-                f"batch shape {tuple(batch_shape)}; they must match exactly (no broadcasting).{hint or ' Reshape y to match the outputs.'}"
+                f"batch shape {tuple(batch_shape)}; they must match exactly (no broadcasting)."
+                + _shape_hint(tuple(y.shape), yb, tuple(batch_shape))
             )
         if validation_enabled():
             check_finite(what, y, ev, "Drop or impute the rows with NaN/inf before fitting.")
@@ -263,7 +275,9 @@ class Likelihood:
                 out[p.name] = p.link(r)
             else:
                 v = self.fixed[p.name]
-                out[p.name] = torch.as_tensor(v, dtype=outputs.dtype, device=outputs.device) if isinstance(v, float) else v
+                if p.name in self._converted:
+                    v = torch.as_tensor(v, dtype=outputs.dtype, device=outputs.device)
+                out[p.name] = v
         return out
 
     def distribution(self, outputs: torch.Tensor) -> pyro.distributions.Distribution:
@@ -313,6 +327,39 @@ class Likelihood:
 
     def _classical(self, y: torch.Tensor, **params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _shape_hint(y_shape: tuple[int, ...], yb: tuple[int, ...], batch: tuple[int, ...]) -> str:
+    """The fix for the classic (N,) against (N, 1) mistakes."""
+    if len(yb) == len(batch) + 1 and yb[-1] == 1:
+        try:
+            table = tuple(torch.broadcast_shapes(yb, batch))
+        except RuntimeError:
+            table = None
+        if table is not None:
+            return (
+                f" y of shape {y_shape} against outputs for {batch} would broadcast to a {table} table: "
+                "pass y.squeeze(-1)."
+            )
+    if len(yb) + 1 == len(batch) and batch[-1] == 1:
+        return (
+            " The outputs carry a trailing dimension of size 1 that y lacks: pass y.unsqueeze(-1), or give "
+            "outputs of shape (N, channels)."
+        )
+    return " Reshape y to match the outputs."
+
+
+def _short(v: float | torch.Tensor) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if v.numel() <= 4:
+        return repr(v.detach().tolist())
+    return f"tensor{tuple(v.shape)}"
+
+
+def example_heads() -> list[Likelihood]:
+    """One instance per entry of each registered family's ``examples``, in name order."""
+    return [get(n)(**kw) for n in names() for kw in get(n).examples]
 
 
 def get(name: str) -> type[Likelihood]:

@@ -82,7 +82,12 @@ class VonMises(_Angles, Likelihood, name="von_mises"):
         Param("loc", links.tan_half, doc="mean direction in (−π, π)"),
         Param("concentration", links.softplus, doc="concentration κ > 0"),
     )
-    loss_name = "cosine loss -κ·cos(y-μ) + log 2πI₀(κ)"
+
+    examples = ({"concentration": 4.0}, {})
+
+    @property
+    def loss_name(self) -> str:
+        return "cosine loss -κ·cos(y-μ) + const" if "concentration" in self.fixed else "von Mises NLL"
 
     def _distribution(self, loc, concentration):
         return _ExactVonMises(loc, concentration)
@@ -116,6 +121,7 @@ class VonMisesMixture(_Angles, Likelihood, name="von_mises_mixture"):
         Param("concentration", links.softplus, channels="K", doc="component concentrations"),
     )
     loss_name = "von Mises mixture NLL"
+    examples = ({"num_components": 2},)
     _options = (("num_components", "num_components"),)
 
     def __init__(self, num_components: int, **fixed):

@@ -54,7 +54,12 @@ class Normal(Likelihood, name="normal"):
         Param("loc", links.identity, doc="mean"),
         Param("scale", links.softplus, doc="standard deviation > 0"),
     )
-    loss_name = "least squares (scale fixed) / Gaussian NLL"
+
+    examples = ({"scale": 0.3}, {})
+
+    @property
+    def loss_name(self) -> str:
+        return "least squares" if "scale" in self.fixed else "heteroscedastic Gaussian NLL"
 
     def _distribution(self, loc, scale):
         return dist.Normal(loc, scale)
@@ -83,7 +88,12 @@ class Laplace(Likelihood, name="laplace"):
         Param("loc", links.identity, doc="location (median)"),
         Param("scale", links.softplus, doc="scale b > 0"),
     )
-    loss_name = "absolute error (L1)"
+
+    examples = ({"scale": 1.0}, {})
+
+    @property
+    def loss_name(self) -> str:
+        return "absolute error (L1)" if "scale" in self.fixed else "scaled absolute error + log 2b"
 
     def _distribution(self, loc, scale):
         return dist.Laplace(loc, scale)
@@ -116,6 +126,7 @@ class StudentT(Likelihood, name="student_t"):
         Param("df", links.softplus, doc="degrees of freedom ν > 0"),
     )
     loss_name = "robust (Student-t) loss"
+    examples = ({"df": 4.0}, {})
 
     def _distribution(self, loc, scale, df):
         return dist.StudentT(df, loc, scale)
@@ -178,11 +189,10 @@ class Gamma(Likelihood, name="gamma"):
         Param("rate", links.softplus, doc="rate β > 0"),
     )
     loss_name = "gamma NLL"
+    examples = ({"concentration": 2.0}, {})
     support = constraints.positive
     support_text = "positive numbers (y > 0)"
-    support_fix = (
-        "Gamma needs y > 0: drop or offset exact zeros, or use Exponential, whose support includes 0."
-    )
+    support_fix = "Gamma needs y > 0: drop or offset exact zeros, or use Exponential, whose support includes 0."
 
     def _distribution(self, concentration, rate):
         return dist.Gamma(concentration, rate)

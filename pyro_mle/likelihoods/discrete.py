@@ -150,6 +150,7 @@ class NegativeBinomial(Likelihood, name="negative_binomial"):
         Param("total_count", links.softplus, doc="dispersion r > 0 (larger: closer to Poisson)"),
     )
     loss_name = "negative binomial NLL"
+    examples = ({"total_count": 5.0}, {})
     support = constraints.nonnegative_integer
     support_text = Poisson.support_text
     support_fix = Poisson.support_fix.replace("Poisson", "NegativeBinomial")

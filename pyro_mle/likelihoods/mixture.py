@@ -36,6 +36,7 @@ class NormalMixture(Likelihood, name="normal_mixture"):
         Param("scale", links.softplus, channels="K", doc="component standard deviations"),
     )
     loss_name = "mixture density network NLL"
+    examples = ({"num_components": 3},)
     _options = (("num_components", "num_components"),)
 
     def __init__(self, num_components: int, **fixed):

@@ -47,7 +47,15 @@ class MultivariateNormal(Likelihood, name="multivariate_normal"):
         Param("scale_tril", links.cholesky, channels="tril", doc="Cholesky factor of the covariance"),
     )
     params = _DIAGONAL
-    loss_name = "sum of per-output Gaussian NLLs / Mahalanobis NLL"
+
+    examples = ({"dim": 2, "scale": (0.05, 4.0)}, {"dim": 3, "covariance": "full"})
+
+    @property
+    def loss_name(self) -> str:
+        if self.covariance == "full":
+            return "Mahalanobis Gaussian NLL"
+        return "per-output least squares, summed" if "scale" in self.fixed else "per-output Gaussian NLLs, summed"
+
     _options = (("dim", "dim"), ("covariance", "covariance"))
     event_dim = 1
     support = constraints.real_vector

@@ -72,7 +72,7 @@ class PlackettLuceDistribution(TorchDistribution):
         tail = torch.logcumsumexp(s.flip(-1), dim=-1).flip(-1)
         return (s - tail).sum(-1)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device)
