@@ -167,9 +167,10 @@ class Likelihood:
     def _outputs(self, outputs: torch.Tensor, y_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Outputs as a float tensor with an explicit channel dimension, checked.
 
-        A one-channel head also takes outputs without the channel dimension: shape ``(N,)``,
-        or any shape whose trailing dims equal the shape of the observed ``y`` (leading dims
-        then index draws, as in vectorised predictive sampling).
+        A one-channel head also takes outputs without the channel dimension. When ``y`` is
+        given, outputs whose trailing dims equal y's shape are read that way (leading dims
+        then index draws); without ``y``, any last dimension other than 1 is read as a batch
+        dimension, so ``(N,)`` and vectorised ``(S, N)`` outputs both work.
         """
         what = f"{self._label}: network outputs"
         if not isinstance(outputs, torch.Tensor):
@@ -177,12 +178,13 @@ class Likelihood:
         if not outputs.dtype.is_floating_point:
             raise TypeError(f"{what} must be floating point; got {outputs.dtype}. Cast with .float().")
         n = self.num_outputs
-        if n == 1 and self.event_dim == 0 and (outputs.dim() == 0 or outputs.shape[-1] != 1):
-            flat = outputs.dim() <= 1 or (
-                y_shape is not None
-                and 0 < len(y_shape) <= outputs.dim()
-                and tuple(outputs.shape[outputs.dim() - len(y_shape) :]) == tuple(y_shape)
-            )
+        if n == 1 and self.event_dim == 0 and (outputs.dim() <= 1 or outputs.shape[-1] != 1):
+            if outputs.dim() <= 1:  # (N,), or a single example (1,) unless y is a scalar
+                flat = outputs.dim() == 0 or outputs.shape[0] != 1 or y_shape != ()
+            else:
+                flat = y_shape is None or (
+                    0 < len(y_shape) <= outputs.dim() and outputs.shape[outputs.dim() - len(y_shape) :] == y_shape
+                )
             if flat:
                 outputs = outputs.unsqueeze(-1)
         if outputs.dim() == 0:

@@ -64,7 +64,8 @@ def empirical_kl(likelihood: Likelihood, outputs: torch.Tensor, y: torch.Tensor)
         )
     outputs = torch.as_tensor(outputs)
     y = torch.as_tensor(y)
-    if likelihood.distribution(outputs).batch_shape == ():
+    shared = outputs.dim() == 0 or (outputs.dim() == 1 and (likelihood.num_outputs != 1 or outputs.shape[0] == 1))
+    if shared:  # one row of outputs (C,) for every example
         n = y.shape[0] if y.dim() > likelihood.event_dim else 1
         outputs = outputs.expand((n,) + outputs.shape)
     params, d, y = likelihood._prepare(outputs, y, "y")
