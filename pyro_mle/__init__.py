@@ -6,8 +6,21 @@ classical loss (least squares, cross-entropy, ...).
 
 from . import likelihoods
 from ._validation import validation, validation_enabled
+from .datatree import to_datatree
+from .diagnostics import DiagnosticWarning
 from .likelihoods import empirical_kl
+from .posterior import Posterior, posterior
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "empirical_kl", "likelihoods", "validation", "validation_enabled"]
+__all__ = [
+    "DiagnosticWarning",
+    "Posterior",
+    "__version__",
+    "empirical_kl",
+    "likelihoods",
+    "posterior",
+    "to_datatree",
+    "validation",
+    "validation_enabled",
+]

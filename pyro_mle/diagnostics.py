@@ -1,0 +1,99 @@
+"""Convergence and reliability checks that warn in words, each with what to do.
+
+* r-hat above 1.01 (Vehtari et al. 2021): chains disagree;
+* bulk or tail ESS below 100 per chain: too few effective draws for stable summaries;
+* divergent transitions: the sampler missed part of the posterior;
+* Pareto k above 0.7 (PSIS-LOO): the leave-one-out estimate is unreliable for those rows.
+
+Every check returns its messages; :func:`warn` emits them as :class:`DiagnosticWarning`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+RHAT_MAX = 1.01
+ESS_PER_CHAIN_MIN = 100
+PARETO_K_MAX = 0.7
+
+
+class DiagnosticWarning(UserWarning):
+    """A posterior diagnostic crossed its threshold."""
+
+
+def sampling_messages(dt: Any) -> list[str]:
+    """Messages for r-hat, ESS and divergences of a DataTree's ``posterior`` group."""
+    import arviz_stats as azs
+
+    msgs = []
+    post = dt["posterior"].to_dataset()
+    chains = post.sizes.get("chain", 1)
+    draws = post.sizes.get("draw", 1)
+    if draws > 1 and chains > 1:
+        rhat = azs.rhat(post)
+        worst = _worst(rhat, np.greater)
+        if worst is not None and worst[1] > RHAT_MAX:
+            msgs.append(
+                f"r-hat of {worst[0]} is {worst[1]:.3f} > {RHAT_MAX}: the chains have not mixed. Run longer "
+                "(more warmup and draws), or reparameterise (e.g. non-centred) if it persists."
+            )
+    if draws > 1:
+        floor = ESS_PER_CHAIN_MIN * chains
+        for kind in ("bulk", "tail"):
+            ess = azs.ess(post, method=kind)
+            worst = _worst(ess, np.less)
+            if worst is not None and worst[1] < floor:
+                msgs.append(
+                    f"{kind} ESS of {worst[0]} is {worst[1]:.0f} < {floor} ({ESS_PER_CHAIN_MIN} per chain): "
+                    "summaries and intervals are noisy. Draw more samples or thin less."
+                )
+    if "sample_stats" in dt.children and "diverging" in dt["sample_stats"].data_vars:
+        n_div = int(dt["sample_stats"]["diverging"].sum())
+        if n_div:
+            total = chains * draws
+            msgs.append(
+                f"{n_div} of {total} transitions diverged: the posterior has regions the sampler cannot "
+                "explore (a funnel, a hard constraint). Raise target_accept_prob (e.g. 0.95) or "
+                "reparameterise; do not trust the draws as they are."
+            )
+    return msgs
+
+
+def pareto_k_messages(elpd: Any, label: str = "") -> list[str]:
+    """Messages for high Pareto k values of an arviz_stats ELPD result."""
+    k = getattr(elpd, "pareto_k", None)
+    if k is None:
+        return []
+    values = np.asarray(k).reshape(-1)
+    bad = np.flatnonzero(values > PARETO_K_MAX)
+    if not len(bad):
+        return []
+    where = f" for {label}" if label else ""
+    return [
+        f"{len(bad)} observations{where} have Pareto k > {PARETO_K_MAX} (rows {bad[:10].tolist()}"
+        f"{'…' if len(bad) > 10 else ''}, max {values.max():.2f}): PSIS-LOO is unreliable there. "
+        "Those points are highly influential; refit without them (reloo/k-fold) or use a more robust likelihood."
+    ]
+
+
+def warn(messages: list[str], stacklevel: int = 3) -> None:
+    """Emit each message as a :class:`DiagnosticWarning`."""
+    for m in messages:
+        warnings.warn(m, DiagnosticWarning, stacklevel=stacklevel)
+
+
+def _worst(ds: Any, worse: Any) -> tuple[str, float] | None:
+    """(variable[index], value) of the worst entry of a Dataset of per-variable statistics."""
+    best = None
+    for name, da in ds.data_vars.items():
+        values = np.asarray(da.values, dtype=float).reshape(-1)
+        if not values.size or np.all(np.isnan(values)):
+            continue
+        i = int(np.nanargmax(values) if worse is np.greater else np.nanargmin(values))
+        label = name if values.size == 1 else f"{name}[{i}]"
+        if best is None or worse(values[i], best[1]):
+            best = (label, float(values[i]))
+    return best
