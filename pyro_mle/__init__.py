@@ -6,6 +6,7 @@ classical loss (least squares, cross-entropy, ...).
 
 from . import likelihoods
 from ._validation import validation, validation_enabled
+from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
 from .datatree import to_datatree
 from .diagnostics import DiagnosticWarning
 from .likelihoods import empirical_kl
@@ -14,9 +15,13 @@ from .posterior import Posterior, posterior
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "DiagnosticWarning",
+    "LikelihoodComparison",
     "Posterior",
     "__version__",
+    "compare",
+    "compare_likelihoods",
     "empirical_kl",
     "likelihoods",
     "posterior",

@@ -3,7 +3,7 @@
 * r-hat above 1.01 (Vehtari et al. 2021): chains disagree;
 * bulk or tail ESS below 100 per chain: too few effective draws for stable summaries;
 * divergent transitions: the sampler missed part of the posterior;
-* Pareto k above 0.7 (PSIS-LOO): the leave-one-out estimate is unreliable for those rows.
+* Pareto k above ArviZ's threshold (0.7, lower for few draws; PSIS-LOO): the leave-one-out estimate is unreliable for those rows.
 
 Every check returns its messages; :func:`warn` emits them as :class:`DiagnosticWarning`.
 """
@@ -62,18 +62,30 @@ def sampling_messages(dt: Any) -> list[str]:
     return msgs
 
 
+def loo(dt: Any) -> Any:
+    """:func:`arviz_stats.loo`, with its generic Pareto-k UserWarning held back: the rows are
+    reported by :func:`pareto_k_messages` instead, as a :class:`DiagnosticWarning`."""
+    import arviz_stats as azs
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        return azs.loo(dt)
+
+
 def pareto_k_messages(elpd: Any, label: str = "") -> list[str]:
-    """Messages for high Pareto k values of an arviz_stats ELPD result."""
+    """Messages for high Pareto k values of an arviz_stats ELPD result (threshold: ArviZ's
+    ``good_k`` for the sample size, at most 0.7)."""
     k = getattr(elpd, "pareto_k", None)
     if k is None:
         return []
     values = np.asarray(k).reshape(-1)
-    bad = np.flatnonzero(values > PARETO_K_MAX)
+    threshold = float(getattr(elpd, "good_k", None) or PARETO_K_MAX)
+    bad = np.flatnonzero(values > threshold)
     if not len(bad):
         return []
     where = f" for {label}" if label else ""
     return [
-        f"{len(bad)} observations{where} have Pareto k > {PARETO_K_MAX} (rows {bad[:10].tolist()}"
+        f"{len(bad)} observations{where} have Pareto k > {threshold:.2f} (rows {bad[:10].tolist()}"
         f"{'…' if len(bad) > 10 else ''}, max {values.max():.2f}): PSIS-LOO is unreliable there. "
         "Those points are highly influential; refit without them (reloo/k-fold) or use a more robust likelihood."
     ]
