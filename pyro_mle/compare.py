@@ -176,6 +176,10 @@ def _labels(name: str, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...
     return [(f"{name}[{','.join(map(str, i))}]", i) for i in np.ndindex(*shape)]
 
 
+def _pick(ds: Any, name: str, idx: tuple[int, ...]) -> float:
+    return float(np.asarray(ds[name].values)[idx])
+
+
 def _tables(model, args, kwargs, results, trees, times, ci_prob):
     import arviz_stats as azs
 
@@ -221,7 +225,6 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
             flat = draws.reshape((-1,) + draws.shape[2:]).double()
             for label, idx in _labels(name, tuple(draws.shape[2:])):
                 x = flat[(slice(None),) + idx].numpy()
-                pick = lambda ds: float(np.asarray(ds[name].values)[idx])  # noqa: E731
                 rows.append(
                     {
                         "parameter": label,
@@ -230,9 +233,9 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
                         "sd": float(x.std(ddof=1)),
                         "lower": float(np.quantile(x, lo_q)),
                         "upper": float(np.quantile(x, hi_q)),
-                        "r_hat": pick(rhat) if rhat is not None else math.nan,
-                        "ess_bulk": pick(ess_b),
-                        "ess_tail": pick(ess_t),
+                        "r_hat": _pick(rhat, name, idx) if rhat is not None else math.nan,
+                        "ess_bulk": _pick(ess_b, name, idx),
+                        "ess_tail": _pick(ess_t, name, idx),
                     }
                 )
         mean = {k: v.reshape((-1,) + v.shape[2:]).mean(0, keepdim=True) for k, v in result.samples.items()}

@@ -3,7 +3,8 @@
 * r-hat above 1.01 (Vehtari et al. 2021): chains disagree;
 * bulk or tail ESS below 100 per chain: too few effective draws for stable summaries;
 * divergent transitions: the sampler missed part of the posterior;
-* Pareto k above ArviZ's threshold (0.7, lower for few draws; PSIS-LOO): the leave-one-out estimate is unreliable for those rows.
+* Pareto k above ArviZ's threshold (0.7, lower for few draws): the PSIS-LOO estimate is
+  unreliable for those rows.
 
 Every check returns its messages; :func:`warn` emits them as :class:`DiagnosticWarning`.
 """
