@@ -4,11 +4,12 @@ Write an ordinary Pyro program whose observed sites use a likelihood head; its N
 classical loss (least squares, cross-entropy, ...).
 """
 
-from . import likelihoods
+from . import handlers, likelihoods
 from ._validation import validation, validation_enabled
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
-from .datatree import to_datatree
+from .datatree import loo_pit, to_datatree
 from .diagnostics import DiagnosticWarning
+from .fit import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
 from .likelihoods import empirical_kl
 from .posterior import Posterior, posterior
 
@@ -16,6 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Comparison",
+    "ConvergenceWarning",
+    "Fit",
+    "FitDivergedError",
+    "Prediction",
     "DiagnosticWarning",
     "LikelihoodComparison",
     "Posterior",
@@ -23,7 +28,11 @@ __all__ = [
     "compare",
     "compare_likelihoods",
     "empirical_kl",
+    "fit",
+    "handlers",
     "likelihoods",
+    "load",
+    "loo_pit",
     "posterior",
     "to_datatree",
     "validation",

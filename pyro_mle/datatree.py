@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 import xarray as xr
 from arviz_base import from_dict
@@ -63,6 +64,11 @@ def to_datatree(
         dt = pyro_mle.to_datatree(post)
         arviz_stats.loo(dt)
     """
+    with pyro.get_param_store().scope(), torch.no_grad():
+        return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, seed)
+
+
+def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, seed):
     samples, stats, model, args, kwargs, attrs = _unpack(result, num_draws)
     torch.manual_seed(seed)
     tr = _replay.trace_model(model, args, kwargs)
@@ -172,9 +178,19 @@ def _unpack(result: Any, num_draws: int):
 
 
 def _unpack_fit(fit: Any, num_draws: int):
-    model, args, kwargs = fit.model, tuple(fit.args), dict(fit.kwargs)
+    from .fit import _FixParams
+
+    if fit.model is None:
+        raise ValueError(
+            "to_datatree: this Fit has no model (it was loaded from a file). Load it with "
+            "pyro_mle.load(path, model=model) and pass the data: dataclasses.replace(fit, args=(x, y))."
+        )
+    fixed = {k: v for k, v in fit.params.items() if k not in fit.latent}
+    # pyro.param values come from the estimate, not from whatever the param store holds now
+    model = _FixParams(fixed)(fit.model) if fixed else fit.model
+    args, kwargs = tuple(fit.args), dict(fit.kwargs)
     samples = {}
-    for k, v in fit.params.items():
+    for k, v in fit.params.items():  # every estimate, parameters too, as a constant "posterior"
         v = torch.as_tensor(v).detach()
         samples[k] = v.expand((1, num_draws) + v.shape).clone()
     attrs = {
@@ -184,3 +200,22 @@ def _unpack_fit(fit: Any, num_draws: int):
         "point_estimate": 1,
     }
     return samples, {}, model, args, kwargs, attrs
+
+
+def loo_pit(dt: xr.DataTree, **kwargs: Any) -> Any:
+    """LOO-PIT values (:func:`arviz_stats.loo_pit`) for a posterior *or* a point fit.
+
+    A point fit's DataTree has identical draws, so Pareto smoothing of its importance
+    weights is undefined; its leave-one-out weights are taken as uniform instead, which makes
+    the result the PIT of the plug-in predictive distribution at the estimate. That ignores
+    the estimate's own dependence on the left-out row, so it is optimistic for small data.
+    """
+    import arviz_stats as azs
+
+    if not dt.attrs.get("point_estimate"):
+        return azs.loo_pit(dt, **kwargs)
+    ll = dt["log_likelihood"].to_dataset()
+    n = ll.sizes["chain"] * ll.sizes["draw"]
+    log_weights = xr.full_like(ll, -np.log(n))
+    pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    return azs.loo_pit(dt, log_weights=log_weights, pareto_k=pareto_k, **kwargs)

@@ -1,0 +1,115 @@
+"""compare(): MLE, MAP and the posterior of one program, against closed forms; a point fit as
+an ArviZ DataTree."""
+
+import warnings
+
+import matplotlib
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import stats
+
+import pyro_mle
+from pyro_mle.likelihoods import Normal
+
+matplotlib.use("Agg")
+
+N, D, SIGMA, TAU = 30, 2, 0.8, 0.5
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(N, D, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.2, -0.7], dtype=torch.float64) + SIGMA * torch.randn(N, generator=g, dtype=torch.float64)
+    return X, y
+
+
+def blr(X, y=None):
+    w = pyro.sample("w", dist.Normal(torch.zeros(D, dtype=X.dtype), TAU).to_event(1))
+    Normal(scale=SIGMA)("y", X @ w, obs=y)
+
+
+@pytest.fixture(scope="module")
+def comparison(data):
+    X, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pyro_mle.DiagnosticWarning)
+        return pyro_mle.compare(
+            blr,
+            X,
+            y,
+            methods=("mle", "map", "laplace", "nuts"),
+            posterior_options={"num_samples": 300, "warmup": 300, "chains": 2},
+        )
+
+
+def test_table_against_closed_forms(comparison, data):
+    X, y = data
+    Xn, yn = X.numpy(), y.numpy()
+    lstsq = np.linalg.lstsq(Xn, yn, rcond=None)[0]
+    precision = Xn.T @ Xn / SIGMA**2 + np.eye(D) / TAU**2
+    m = np.linalg.solve(precision, Xn.T @ yn / SIGMA**2)
+    sd = np.sqrt(np.diag(np.linalg.inv(precision)))
+    t = comparison.table
+    for i in range(D):
+        p = f"w[{i}]"
+        assert t.loc[(p, "mle"), "estimate"] == pytest.approx(lstsq[i], abs=1e-6)
+        assert t.loc[(p, "map"), "estimate"] == pytest.approx(m[i], abs=1e-6)  # Gaussian: mode = mean
+        assert t.loc[(p, "laplace"), "estimate"] == pytest.approx(m[i], abs=5 * sd[i] / np.sqrt(600))
+        assert t.loc[(p, "nuts"), "estimate"] == pytest.approx(m[i], abs=5 * sd[i] / np.sqrt(200))
+        assert t.loc[(p, "nuts"), "sd"] == pytest.approx(sd[i], rel=0.2)
+        lo, hi = t.loc[(p, "nuts"), ["lower", "upper"]]
+        assert lo < m[i] < hi
+
+
+def test_per_method_summary(comparison, data):
+    X, y = data
+    s = comparison.methods
+    assert list(s.index) == ["mle", "map", "laplace", "nuts"]
+    # MLE minimises the NLL: no other estimate has a lower one; and the value is scipy's
+    assert s.loc["mle", "nll"] <= s[["nll"]].min().item() + 1e-9
+    lstsq = np.linalg.lstsq(X.numpy(), y.numpy(), rcond=None)[0]
+    ref = -stats.norm(X.numpy() @ lstsq, SIGMA).logpdf(y.numpy()).sum()
+    assert s.loc["mle", "nll"] == pytest.approx(ref, rel=1e-8)
+    assert np.isfinite(s.loc["nuts", "elpd_loo"]) and np.isnan(s.loc["mle", "elpd_loo"])
+    assert s.loc["nuts", "divergences"] == 0 and s.loc["nuts", "max_r_hat"] < 1.05
+    assert (s["run_time_s"] > 0).all()
+    assert "elpd_loo" in str(comparison)
+
+
+def test_plot_places_points_on_densities(comparison, tmp_path):
+    fig = comparison.plot()
+    assert len([a for a in fig.axes if a.get_title()]) == D
+    fig.savefig(tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_a_point_fit_becomes_a_constant_posterior(data):
+    import arviz_stats as azs
+
+    X, y = data
+    f = pyro_mle.fit(blr, X, y, method="mle")
+    dt = pyro_mle.to_datatree(f, num_draws=200)
+    assert dt["posterior"]["w"].shape == (1, 200, D)
+    assert np.ptp(dt["posterior"]["w"].values, axis=1).max() == 0
+    lstsq = np.linalg.lstsq(X.numpy(), y.numpy(), rcond=None)[0]
+    ll = dt["log_likelihood"]["y"].values[0, 0]
+    np.testing.assert_allclose(ll, stats.norm(X.numpy() @ lstsq, SIGMA).logpdf(y.numpy()), rtol=1e-6)
+    pp = dt["posterior_predictive"]["y"].values[0]
+    assert pp.std(0).mean() == pytest.approx(SIGMA, rel=0.1)  # real draws from the likelihood
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pit = pyro_mle.loo_pit(dt)["y"].values
+    # uniform weights: the PIT is the fraction of predictive draws below each observation
+    below = (dt["posterior_predictive"]["y"].values[0] <= y.numpy()).mean(0)
+    assert np.abs(pit - below).max() <= 1.0 / 200 + 1e-12
+    assert azs.summary(dt, kind="stats") is not None
+
+
+def test_unknown_method_is_refused(data):
+    X, y = data
+    with pytest.raises(ValueError, match=r"unknown methods \['bayes'\]"):
+        pyro_mle.compare(blr, X, y, methods=("mle", "bayes"))
