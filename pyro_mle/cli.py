@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[data, common],
         help="MLE or MAP fit of a model",
         description="Fit the MLE or MAP point estimate of a model with pyro_mle.fit.",
-        epilog="examples:\n  pyro-mle fit linear_regression\n  pyro-mle fit model.py --data d.csv --x a,b --y t --method map",
+        epilog="examples:\n  pyro-mle fit linear_regression\n"
+        "  pyro-mle fit model.py --data d.csv --x a,b --y t --method map",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--method", choices=("mle", "map"), default="mle", help="mle (default) or map")

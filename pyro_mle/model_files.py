@@ -84,8 +84,8 @@ def load_model_file(name_or_path: str | os.PathLike) -> ModelFile:
         known = builtin_models()
         if text not in known:
             raise ValueError(
-                f"unknown model {text!r}: not a built-in model (see 'pyro-mle list': {', '.join(known) or 'none found'}) "
-                "and not a path to a .py file."
+                f"unknown model {text!r}: not a built-in model (see 'pyro-mle list': "
+                f"{', '.join(known) or 'none found'}) and not a path to a .py file."
             )
         path = known[text]
     if not path.is_file():
