@@ -124,7 +124,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
     ok &= agree
     print(f"\nMLE = least squares: {'yes' if agree else 'NO'}")
     report["least_squares"] = {"mle": est.tolist(), "lstsq": lstsq.tolist(), "nll": mle.nll, "loss": ls_loss}
-    plot_likelihood_profile(x, y, slope=est[1], intercept=est[0], scale=SIGMA).savefig(
+    plot_likelihood_profile(y, base=est[1] * x, intercept=est[0], scale=SIGMA).savefig(
         out / "likelihood_profile.png", dpi=110
     )
 

@@ -29,16 +29,18 @@ def _axes(ax, ncols: int = 1, width: float = 5.0, height: float = 3.6):
     return fig, ax
 
 
-def plot_likelihood_profile(x, y, slope: float, intercept: float, scale: float, width: float = 1.0):
-    """Likelihood, negative log-likelihood and sum of squares of the line
-    ``y ≈ intercept + slope·x`` (Normal noise, fixed ``scale``) as the intercept varies, the
-    slope held at its estimate (UDL figure 5.5): the three curves peak or dip at the same
-    intercept, so argmax likelihood = argmin NLL = argmin least squares."""
-    x_t, y_t = torch.as_tensor(_np(x), dtype=torch.float64), torch.as_tensor(_np(y), dtype=torch.float64)
+def plot_likelihood_profile(y, base, intercept: float, scale: float, width: float = 1.0):
+    """Likelihood, negative log-likelihood and sum of squares of the model
+    ``y ≈ base + φ₀`` (Normal noise, fixed ``scale``) as the intercept φ₀ varies around
+    ``intercept``, every other parameter held at its estimate (``base`` holds their part of the
+    prediction, e.g. ``slope·x``; UDL figure 5.5): the three curves peak or dip at the same
+    φ₀, so argmax likelihood = argmin NLL = argmin least squares."""
+    y_t = torch.as_tensor(_np(y), dtype=torch.float64)
+    base_t = torch.as_tensor(_np(base), dtype=torch.float64)
     grid = np.linspace(intercept - width, intercept + width, 201)
     head = Normal(scale=scale)
-    nll = np.array([float(head.nll(b + slope * x_t, y_t).sum()) for b in grid])
-    sse = np.array([float(((y_t - b - slope * x_t) ** 2).sum()) for b in grid])
+    nll = np.array([float(head.nll(base_t + b, y_t).sum()) for b in grid])
+    sse = np.array([float(((y_t - base_t - b) ** 2).sum()) for b in grid])
     # the likelihood itself underflows for real N; show it relative to its maximum
     like = np.exp(-(nll - nll.min()))
     fig, axes = _axes(None, ncols=3, width=4.0)
