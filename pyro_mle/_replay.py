@@ -9,13 +9,26 @@ no result is ever silently missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
+
+
+@contextlib.contextmanager
+def param_store_copy() -> Iterator[None]:
+    """Run inside a param-store scope that starts as a copy of the current store: the
+    program sees every ``pyro.param`` at its current value, and nothing created or changed
+    inside (a guide's parameters, say) leaks out."""
+    store = pyro.get_param_store()
+    with store.scope(state=copy.deepcopy(store.get_state())):
+        yield
 
 
 def trace_model(model: Callable, args: tuple, kwargs: Mapping[str, Any]) -> poutine.Trace:
@@ -65,6 +78,19 @@ def _pad(value: torch.Tensor, site: dict, nesting: int) -> torch.Tensor:
     return value.reshape(value.shape[:1] + (1,) * (nesting - batch_dims) + value.shape[1:])
 
 
+def _fixed_rows(model: Callable, tr0: poutine.Trace) -> Callable:
+    """``model`` with every subsampling plate pinned to the rows ``tr0`` drew, so that all
+    replays (and the observed data taken from ``tr0``) refer to the same observations."""
+    rows = {n: s["value"] for n, s in tr0.nodes.items() if s["type"] == "sample" and site_is_subsample(s)}
+    return poutine.condition(model, data=rows) if rows else model
+
+
+def _site_log_lik(site: dict) -> torch.Tensor:
+    """Pointwise log-density of an observed site: event dims summed, its mask applied (masked
+    rows give 0, as in the joint density), no subsampling scale."""
+    return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+
+
 def _vectorised(model, draws, args, kwargs, tr0, resample_observed):
     num = next(iter(draws.values())).shape[0]
     nesting = max_plate_nesting(tr0)
@@ -99,12 +125,21 @@ def pointwise_log_likelihood(
     kwargs = dict(kwargs or {})
     tr0 = trace_model(model, args, kwargs)
     obs = require_observed(model, tr0)
+    missing = [n for n, s in latent_sites(tr0).items() if n not in draws and s["fn"].support.is_discrete]
+    if missing:
+        raise ValueError(
+            f"pointwise log-likelihood: the discrete latent site(s) {missing} have no posterior draws (NUTS "
+            "sums them out by enumeration), and replaying them from the prior would condition the "
+            "likelihood on random values. Marginalise them inside the model (e.g. a mixture "
+            "distribution instead of a discrete site), or pass their draws (pyro.infer.infer_discrete)."
+        )
+    model = _fixed_rows(model, tr0)
     shapes = {n: s["log_prob"].shape for n, s in obs.items()}
     with torch.no_grad():
         if draws:
             try:
                 tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=False)
-                out = _sites_out(tr, obs, num, shapes, lambda s: s["fn"].log_prob(s["value"]))
+                out = _sites_out(tr, obs, num, shapes, _site_log_lik)
                 # guard against a broadcast that fits the shape but not the meaning
                 for i in {0, num - 1}:
                     one = _log_lik_one(model, draws, i, args, kwargs, obs, shapes)
@@ -121,7 +156,7 @@ def pointwise_log_likelihood(
 def _log_lik_one(model, draws, i, args, kwargs, obs, shapes):
     data = {k: v[i] for k, v in draws.items()}
     tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-    return {n: tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"]).reshape(shapes[n]) for n in obs}
+    return {n: _site_log_lik(tr.nodes[n]).reshape(shapes[n]) for n in obs}
 
 
 def predictive_draws(
@@ -146,12 +181,30 @@ def predictive_draws(
             f"model {getattr(model, '__name__', repr(model))!r} has no site to predict: every sample site "
             "has posterior draws. Predictions are drawn for observed sites (or sites given obs=None)."
         )
+    model = _fixed_rows(model, tr0)
     shapes = {n: s["value"].shape for n, s in obs.items()}
     with torch.no_grad():
         if draws:
             try:
                 tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=True)
-                return _sites_out(tr, obs, num, shapes, lambda s: s["value"]), "vectorised"
+                out = _sites_out(tr, obs, num, shapes, lambda s: s["value"])
+                vec_lp = _sites_out(
+                    tr,
+                    obs,
+                    num,
+                    {n: s["log_prob"].shape for n, s in obs.items()},
+                    lambda s: s["fn"].log_prob(s["value"]),
+                )
+                # guard: each predicted value must have the same density under the single-draw
+                # replay of its draw as under the vectorised one
+                for i in {0, num - 1}:
+                    data = {k: v[i] for k, v in draws.items()} | {n: out[n][i] for n in obs}
+                    one = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+                    for n in obs:
+                        lp = one.nodes[n]["fn"].log_prob(one.nodes[n]["value"]).reshape(vec_lp[n][i].shape)
+                        if not torch.allclose(lp, vec_lp[n][i], rtol=1e-5, atol=1e-6):
+                            raise ValueError("vectorised replay disagrees with a single-draw replay")
+                return out, "vectorised"
             except Exception:  # noqa: BLE001 - any failure of the vectorised path means: loop
                 pass
         num = next(iter(draws.values())).shape[0] if draws else (num or 1)

@@ -239,7 +239,8 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
                     }
                 )
         mean = {k: v.reshape((-1,) + v.shape[2:]).mean(0, keepdim=True) for k, v in result.samples.items()}
-        ll, _ = _replay.pointwise_log_likelihood(model, mean, args, kwargs)
+        with _replay.param_store_copy(), torch.no_grad():
+            ll, _ = _replay.pointwise_log_likelihood(model, mean, args, kwargs)
         elpd = loo(tree)
         warn(pareto_k_messages(elpd, method))
         divergences = int(result.sample_stats["diverging"].sum()) if "diverging" in result.sample_stats else math.nan

@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 import xarray as xr
 from arviz_base import from_dict
+from pyro.poutine.util import site_is_subsample
 
 from . import _replay
 
@@ -64,7 +64,7 @@ def to_datatree(
         dt = pyro_mle.to_datatree(post)
         arviz_stats.loo(dt)
     """
-    with pyro.get_param_store().scope(), torch.no_grad():
+    with _replay.param_store_copy(), torch.no_grad():
         return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, seed)
 
 
@@ -73,6 +73,10 @@ def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, se
     torch.manual_seed(seed)
     tr = _replay.trace_model(model, args, kwargs)
     obs = _replay.require_observed(model, tr)
+    # a subsampling plate draws new rows on every run: pin the rows of this first run for all
+    model = _replay._fixed_rows(model, tr)
+    if any(s["type"] == "sample" and site_is_subsample(s) for s in tr.nodes.values()):
+        attrs["subsampled"] = 1  # observed_data and the pointwise values cover one minibatch only
     latent = _replay.latent_sites(tr)
     chains, draws = next(iter(samples.values())).shape[:2]
     # replay only latent sites; pyro.param values recorded by a fit live in the param store

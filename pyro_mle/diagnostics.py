@@ -65,9 +65,25 @@ def sampling_messages(dt: Any) -> list[str]:
 
 def loo(dt: Any) -> Any:
     """:func:`arviz_stats.loo`, with its generic Pareto-k UserWarning held back: the rows are
-    reported by :func:`pareto_k_messages` instead, as a :class:`DiagnosticWarning`."""
-    import arviz_stats as azs
+    reported by :func:`pareto_k_messages` instead, as a :class:`DiagnosticWarning`.
 
+    A program with several observed sites over the same rows (``y`` and ``z`` in one plate)
+    is scored leave-one-*row*-out: the sites' pointwise log-likelihoods are summed per row.
+    """
+    import arviz_stats as azs
+    import xarray as xr
+
+    names = list(dt["log_likelihood"].data_vars)
+    if len(names) > 1:
+        ll = dt["log_likelihood"].to_dataset()
+        if len({ll[n].dims for n in names}) != 1:
+            raise ValueError(
+                f"loo: the observed sites {names} have different dimensions "
+                f"({', '.join(f'{n}: {ll[n].dims}' for n in names)}), so there is no common row to leave out. "
+                "Call arviz_stats.loo(dt, var_name=...) for one site."
+            )
+        dt = dt.copy()
+        dt["log_likelihood"] = xr.DataTree(xr.Dataset({"+".join(names): sum(ll[n] for n in names)}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
         return azs.loo(dt)

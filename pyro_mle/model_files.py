@@ -25,6 +25,7 @@ import csv
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +93,11 @@ def load_model_file(name_or_path: str | os.PathLike) -> ModelFile:
         raise FileNotFoundError(f"model file {str(path)!r} does not exist.")
     spec = importlib.util.spec_from_file_location(f"pyro_mle_model_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any error in the user's file is reported with its path
+        del sys.modules[spec.name]
         raise ValueError(f"model file {str(path)!r} failed to import: {type(e).__name__}: {e}") from e
     for attr in ("model", "load_data"):
         if not callable(getattr(module, attr, None)):

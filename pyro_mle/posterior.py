@@ -153,7 +153,10 @@ def posterior(
     elif method == "laplace":
         samples, stats, info = _run_laplace(model, args, kwargs, num_samples, chains, seed)
     else:
-        samples, stats, info = _run_vi(model, args, kwargs, num_samples, chains, seed, progress, vi_steps, vi_lr)
+        # the guide's parameters live in a copy of the store: reproducible from the seed, and
+        # the user's store is left as it was
+        with _replay.param_store_copy():
+            samples, stats, info = _run_vi(model, args, kwargs, num_samples, chains, seed, progress, vi_steps, vi_lr)
     info.update(run_time_s=time.perf_counter() - start, seed=seed, chains=chains, num_samples=num_samples)
     if method == "nuts":
         info["warmup"] = warmup

@@ -9,9 +9,9 @@ collects the whole suite for your family::
         def make_likelihood(self):
             return MyFamily(scale=0.5)
 
-        # optional: an independent reference density (scipy.stats, a closed form)
-        def reference_log_prob(self, params, y):
-            return scipy.stats.norm(params["loc"], 0.5).logpdf(y)
+        # optional: an independent reference density from the raw outputs (scipy.stats)
+        def reference_log_prob(self, outputs, y):
+            return scipy.stats.norm(outputs[:, 0], 0.5).logpdf(y)
 
 What it checks: NLL equals the hand-written classical loss (values and gradients, float64),
 autograd against finite differences, log-prob against the reference, samples against
@@ -69,9 +69,11 @@ class LikelihoodTestCase:
         c = lik.num_outputs or 4
         return self.output_scale * torch.randn(n, c, generator=generator, dtype=torch.float64)
 
-    def reference_log_prob(self, params: dict[str, np.ndarray], y: np.ndarray) -> np.ndarray | None:
-        """Log-density from an independent source, given constrained parameters; ``None``
-        when no reference exists (the test then skips with a reason)."""
+    def reference_log_prob(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """Log-density from an independent source (scipy.stats, a closed form), given the
+        **raw** network outputs ``(N, channels)``: write the links and the channel order out
+        yourself (``scale = numpy.logaddexp(0, outputs[:, 1])``), so that a wrong link or a
+        swapped channel is caught. ``None`` when no reference exists (the test then skips)."""
         return None
 
     # ------------------------------------------------------------ helpers
@@ -113,8 +115,7 @@ class LikelihoodTestCase:
 
     def test_log_prob_matches_reference(self):
         lik, out, y = self._data()
-        params = {k: v.detach().numpy() for k, v in lik.parameters(out).items()}
-        ref = self.reference_log_prob(params, y.numpy())
+        ref = self.reference_log_prob(out.numpy(), y.numpy())
         if ref is None:
             pytest.skip(f"{type(self).__name__} gives no reference_log_prob")
         np.testing.assert_allclose(-lik.nll(out, y).detach().numpy(), ref, rtol=self.reference_rtol, atol=1e-12)

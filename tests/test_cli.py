@@ -188,3 +188,13 @@ def test_certificate_of_least_squares_against_scipy():
     ref = -stats.norm(outputs[:, 0].numpy(), 0.3).logpdf(y.numpy()).mean()
     assert c.mean_nll == pytest.approx(ref, rel=1e-12)
     assert c.max_abs_diff < 1e-12
+
+
+def test_a_model_file_may_define_dataclasses(tmp_path):
+    path = tmp_path / "dc.py"
+    path.write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\n\n@dataclass\nclass Config:\n"
+        "    scale: float = 0.5\n\ndef model(x, y=None):\n    pass\n\ndef load_data(n=3, seed=0):\n"
+        "    import torch\n    return torch.zeros(n), torch.zeros(n)\n"
+    )
+    assert load_model_file(path).module.Config().scale == 0.5

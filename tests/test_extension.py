@@ -6,6 +6,7 @@ this file; nothing in the library knows it.
 
 import math
 
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -36,8 +37,8 @@ class TestUserGumbel(LikelihoodTestCase):
     def make_likelihood(self):
         return Gumbel()
 
-    def reference_log_prob(self, p, y):
-        return stats.gumbel_r(p["loc"], p["scale"]).logpdf(y)
+    def reference_log_prob(self, f, y):
+        return stats.gumbel_r(f[:, 0], np.logaddexp(0.0, f[:, 1])).logpdf(y)
 
 
 class Broken(Gumbel):
@@ -61,7 +62,7 @@ def test_the_suite_catches_a_wrong_classical_loss():
 
 def test_the_suite_catches_a_wrong_reference():
     case = TestUserGumbel()
-    case.reference_log_prob = lambda p, y: stats.gumbel_l(p["loc"], p["scale"]).logpdf(y)
+    case.reference_log_prob = lambda f, y: stats.gumbel_l(f[:, 0], np.logaddexp(0.0, f[:, 1])).logpdf(y)
     with pytest.raises(AssertionError):
         case.test_log_prob_matches_reference()
 
@@ -77,3 +78,16 @@ def test_the_suite_catches_samples_that_disagree_with_the_density():
     case.make_likelihood = Shifted
     with pytest.raises(AssertionError, match="density mass"):
         case.test_samples_agree_with_log_prob()
+
+
+class SwappedChannels(Gumbel):
+    """A family whose declared channel order contradicts its documentation (scale first)."""
+
+    params = (Param("scale", links.softplus), Param("loc", links.identity))
+
+
+def test_the_suite_catches_a_swapped_channel_order():
+    case = TestUserGumbel()
+    case.make_likelihood = SwappedChannels
+    with pytest.raises(AssertionError):
+        case.test_log_prob_matches_reference()

@@ -155,3 +155,18 @@ def test_bad_arguments_are_refused(data):
 
     with pytest.raises(ValueError, match="has no observed site"):
         pyro_mle.posterior(no_obs, X)
+
+
+def test_vi_is_reproducible_and_leaves_the_param_store_alone(data):
+    X, y, _, _ = data
+    pyro.clear_param_store()
+    a = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
+    b = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
+    assert torch.equal(a.info["loc"], b.info["loc"]) and a.info["elbo"] == b.info["elbo"]
+    assert list(pyro.get_param_store().keys()) == []
+
+    def one_weight(X, y=None):  # a model with another latent size must not trip over the first
+        w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=X.dtype), TAU))
+        Normal(scale=SIGMA)("y", X[:, 0] * w, obs=y)
+
+    pyro_mle.posterior(one_weight, X, y, method="vi", num_samples=10, chains=1, vi_steps=20)

@@ -279,8 +279,27 @@ class Likelihood:
                 v = self.fixed[p.name]
                 if p.name in self._converted:
                     v = torch.as_tensor(v, dtype=outputs.dtype, device=outputs.device)
+                else:
+                    self._check_fixed_shape(p, v, tuple(outputs.shape[:-1]))
                 out[p.name] = v
         return out
+
+    def _check_fixed_shape(self, p: Param, v: torch.Tensor, batch: tuple[int, ...]) -> None:
+        """A fixed tensor must broadcast *into* the outputs' batch shape, never enlarge it:
+        a ``(N, 1)`` scale against ``(N,)`` outputs would make an N×N table of examples."""
+        vector_dims = {"1": 0, "K": 1, "D": 1, "tril": 2}[p.channels]
+        own = tuple(v.shape[: max(v.dim() - vector_dims, 0)])
+        try:
+            joint = tuple(torch.broadcast_shapes(own, batch))
+        except RuntimeError:
+            joint = None
+        if joint != batch:
+            outcome = "fail" if joint is None else f"enlarge the batch to {joint}"
+            raise ValueError(
+                f"{self._label}: fixed {p.name} has shape {tuple(v.shape)}, which does not fit the outputs' "
+                f"batch shape {batch}; broadcasting would {outcome}. Give {p.name} one value per example "
+                f"(shape {batch}) or a single value."
+            )
 
     def distribution(self, outputs: torch.Tensor) -> pyro.distributions.Distribution:
         """The Pyro distribution of y given the raw outputs: batch over examples, event over
