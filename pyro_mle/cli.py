@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("PYRO_MLE_DEBUG"):
             raise
