@@ -163,7 +163,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
     _section("4. MLE, MAP and the posterior (NUTS) of one program, on the first 10 rows")
     # few rows, so that the Normal(0, 1) priors visibly pull the MAP away from the MLE
     x, y = x[:10], y[:10]
-    n_draws = 200 if quick else 500
+    n_draws = 200 if quick else 1000
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cmp = compare(
