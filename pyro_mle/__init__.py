@@ -4,9 +4,10 @@ Write an ordinary Pyro program whose observed sites use a likelihood head; its N
 classical loss (least squares, cross-entropy, ...).
 """
 
-from . import handlers, likelihoods
+from . import distributed, handlers, likelihoods
 from ._validation import validation, validation_enabled
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
+from .data import MemoryMappedRows
 from .datatree import loo_pit, to_datatree
 from .diagnostics import DiagnosticWarning
 from .fit import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
@@ -23,10 +24,12 @@ __all__ = [
     "Prediction",
     "DiagnosticWarning",
     "LikelihoodComparison",
+    "MemoryMappedRows",
     "Posterior",
     "__version__",
     "compare",
     "compare_likelihoods",
+    "distributed",
     "empirical_kl",
     "fit",
     "handlers",
