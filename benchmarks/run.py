@@ -96,8 +96,9 @@ _RESULTS: dict[int, dict[str, list[Any]]] = {}
 
 
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """Median wall time of each run over ``repeats``, after one untimed warm-up each; the
-    order rotates every repeat so that drifts of the machine fall on every side alike. Every
+    """Median wall time of each run over ``repeats`` rounds (more for runs of milliseconds:
+    until every side has run for a second), after one untimed warm-up each; the order rotates
+    every round so that drifts of the machine fall on every side alike. Every
     timed run's return value is kept (:func:`_all_results`); the last one is returned."""
     names = list(runs)
     last = {}
@@ -105,11 +106,15 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[
         last[name] = runs[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     results: dict[str, list[Any]] = {name: [] for name in names}
-    for r in range(repeats):
+    r = 0
+    # short runs (milliseconds) repeat until each side has run for a second, so that a burst
+    # of load on the machine cannot make their median
+    while r < repeats or (r < 200 and min(sum(t) for t in times.values()) < 1.0):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t, last[name] = _time(runs[name])
             times[name].append(t)
             results[name].append(last[name])
+        r += 1
     _RESULTS[id(runs)] = results
     return {name: statistics.median(t) for name, t in times.items()}, last
 

@@ -4,12 +4,13 @@ Write an ordinary Pyro program whose observed sites use a likelihood head; its N
 classical loss (least squares, cross-entropy, ...).
 """
 
-from . import distributed, handlers, likelihoods
+from . import data, distributed, handlers, likelihoods
 from ._validation import validation, validation_enabled
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
 from .data import MemoryMappedRows
 from .datatree import loo_pit, to_datatree
 from .diagnostics import DiagnosticWarning
+from .distributed import fit_distributed
 from .fit import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
 from .likelihoods import empirical_kl
 from .posterior import Posterior, posterior
@@ -29,9 +30,11 @@ __all__ = [
     "__version__",
     "compare",
     "compare_likelihoods",
+    "data",
     "distributed",
     "empirical_kl",
     "fit",
+    "fit_distributed",
     "handlers",
     "likelihoods",
     "load",

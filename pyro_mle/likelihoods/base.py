@@ -266,7 +266,9 @@ class Likelihood:
         sizes = self.channels
         if None in sizes.values():  # the single inferred-size parameter takes every channel
             sizes = {k: outputs.shape[-1] for k in sizes}
-        raw = torch.split(outputs, list(sizes.values()), dim=-1)
+        # one predicted parameter takes the outputs whole: a split would cost a concatenation of
+        # the full gradient in the backward pass for nothing
+        raw = (outputs,) if len(sizes) == 1 else torch.split(outputs, list(sizes.values()), dim=-1)
         out: dict[str, torch.Tensor] = {}
         raw_by_name = dict(zip(sizes, raw))
         for p in self.param_specs:
