@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from . import _replay
+from ._rng import rng_scope
 from .diagnostics import loo, pareto_k_messages, sampling_messages, warn
 
 POINT_METHODS = ("mle", "map")
@@ -104,7 +105,7 @@ def compare(
     model: Callable,
     *args: Any,
     methods: Sequence[str] = ("mle", "map", "laplace", "vi", "nuts"),
-    seed: int = 0,
+    seed: int | None = 0,
     ci_prob: float = 0.94,
     fit_options: Mapping[str, Any] | None = None,
     posterior_options: Mapping[str, Any] | None = None,
@@ -119,6 +120,8 @@ def compare(
     :param posterior_options: extra keywords for :func:`~pyro_mle.posterior`
         (``num_samples``, ``warmup``, ``chains``, …).
     :param ci_prob: probability of the equal-tailed intervals in the table.
+    :param seed: passed to every method (``None``: fresh entropy). The caller's global
+        generators are untouched, although :func:`~pyro_mle.fit` seeds them for its run.
 
     Example::
 
@@ -134,22 +137,26 @@ def compare(
     if unknown or not methods:
         raise ValueError(f"compare: unknown methods {unknown}; choose from {list(POINT_METHODS + POSTERIOR_METHODS)}.")
     results, trees, times = {}, {}, {}
-    for method in methods:
-        start = time.perf_counter()
-        if method in POINT_METHODS:
-            results[method] = fit(
-                model, *args, method=method, seed=seed, progress=progress, **dict(fit_options or {}), **kwargs
+    # fit(seed=...) seeds the global generators for its run; the scope hands the caller's back
+    # (a bootstrap loop around compare must not repeat itself)
+    with rng_scope(seed):
+        for method in methods:
+            start = time.perf_counter()
+            if method in POINT_METHODS:
+                results[method] = fit(
+                    model, *args, method=method, seed=seed, progress=progress, **dict(fit_options or {}), **kwargs
+                )
+            else:
+                opts = {"diagnose": False, **dict(posterior_options or {})}
+                results[method] = posterior(model, *args, method=method, seed=seed, progress=progress, **opts, **kwargs)
+            times[method] = time.perf_counter() - start
+            trees[method] = (
+                to_datatree(results[method], predictive=False, log_likelihood=method not in POINT_METHODS, seed=seed)
+                if method not in POINT_METHODS
+                else None
             )
-        else:
-            opts = {"diagnose": False, **dict(posterior_options or {})}
-            results[method] = posterior(model, *args, method=method, seed=seed, progress=progress, **opts, **kwargs)
-        times[method] = time.perf_counter() - start
-        trees[method] = (
-            to_datatree(results[method], predictive=False, log_likelihood=method not in POINT_METHODS)
-            if method not in POINT_METHODS
-            else None
-        )
-    table, per_method = _tables(model, args, kwargs, results, trees, times, ci_prob)
+        # the table replays the program (pointwise log-likelihood), which draws its latent sites
+        table, per_method = _tables(model, args, kwargs, results, trees, times, ci_prob)
     for method, tree in trees.items():
         if tree is not None and method == "nuts":
             warn([f"{method}: {m}" for m in sampling_messages(tree)])
@@ -293,7 +300,7 @@ class LikelihoodComparison:
 
 
 def compare_likelihoods(
-    models: Mapping[str, Callable], *args: Any, method: str = "nuts", seed: int = 0, **kwargs: Any
+    models: Mapping[str, Callable], *args: Any, method: str = "nuts", seed: int | None = 0, **kwargs: Any
 ) -> LikelihoodComparison:
     """Fit each program's posterior on the same data and rank them by PSIS-LOO ELPD.
 
@@ -304,6 +311,8 @@ def compare_likelihoods(
 
     :param models: name → Pyro program, all called as ``model(*args, **kwargs)``.
     :param method: posterior method (``"nuts"`` by default; see :func:`~pyro_mle.posterior`).
+    :param seed: seed of every posterior (``None``: fresh entropy); the caller's global
+        generators are untouched.
     :param kwargs: the programs' keyword arguments; ``num_samples``, ``warmup``, ``chains``
         and other :func:`~pyro_mle.posterior` options are passed on to it.
 
@@ -323,7 +332,7 @@ def compare_likelihoods(
     posts, trees, loos, messages = {}, {}, {}, []
     for name, model in models.items():
         posts[name] = posterior(model, *args, method=method, seed=seed, diagnose=False, **options, **kwargs)
-        trees[name] = to_datatree(posts[name], predictive=False)
+        trees[name] = to_datatree(posts[name], predictive=False, seed=seed)
         loos[name] = loo(trees[name])
         if method == "nuts":
             messages += [f"{name}: {m}" for m in sampling_messages(trees[name])]

@@ -18,6 +18,10 @@ A point estimate (:class:`pyro_mle.Fit`) becomes a posterior whose ``num_draws``
 equal the estimate, with real predictive draws from the likelihood at the estimate, so
 posterior predictive checks and LOO-PIT work on MLE and MAP too.
 
+The predictive draws (and a subsampling plate's rows) come from ``seed`` inside
+:func:`pyro_mle._rng.rng_scope`: the same seed gives the same tree, and the caller's global
+generators are left as they were.
+
 Save with ``dt.to_netcdf(path)`` (h5netcdf) or ``dt.to_zarr(path)``; load with
 :func:`xarray.open_datatree`.
 """
@@ -32,9 +36,12 @@ import numpy as np
 import torch
 import xarray as xr
 from arviz_base import from_dict
+from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
 from . import _replay
+from ._rng import rng_scope
+from .posterior import Posterior
 
 
 def to_datatree(
@@ -45,7 +52,7 @@ def to_datatree(
     num_draws: int = 500,
     predictive: bool = True,
     log_likelihood: bool = True,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> xr.DataTree:
     """Convert ``result`` to an ArviZ 1.x DataTree.
 
@@ -57,20 +64,22 @@ def to_datatree(
         predictive draws.
     :param predictive: add ``posterior_predictive``.
     :param log_likelihood: add ``log_likelihood``.
-    :param seed: seed of the predictive draws.
+    :param seed: seed of the predictive draws; ``None`` draws fresh entropy. The caller's
+        global generators are untouched.
 
     Example::
 
         dt = pyro_mle.to_datatree(post)
         arviz_stats.loo(dt)
     """
-    with _replay.param_store_copy(), torch.no_grad():
-        return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, seed)
+    # rng_scope, not torch.manual_seed: a reset of the global generators would make the
+    # caller's next draws the same after every call (a bootstrap loop around it repeats itself)
+    with _replay.param_store_copy(), torch.no_grad(), rng_scope(seed):
+        return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood)
 
 
-def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood, seed):
+def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
     samples, stats, model, args, kwargs, attrs = _unpack(result, num_draws)
-    torch.manual_seed(seed)
     tr = _replay.trace_model(model, args, kwargs)
     obs = _replay.require_observed(model, tr)
     # a subsampling plate draws new rows on every run: pin the rows of this first run for all
@@ -152,10 +161,6 @@ def _constant_data(model: Callable, args: tuple, kwargs: Mapping[str, Any], obs:
 
 def _unpack(result: Any, num_draws: int):
     """(samples (chain, draw, …), stats, model, args, kwargs, attrs) from any supported result."""
-    from pyro.infer import MCMC
-
-    from .posterior import Posterior
-
     if isinstance(result, Posterior):
         attrs = {"inference_library": "pyro", "method": result.method, "created_by": "pyro_mle"}
         return dict(result.samples), dict(result.sample_stats), result.model, result.args, result.kwargs, attrs
@@ -182,7 +187,7 @@ def _unpack(result: Any, num_draws: int):
 
 
 def _unpack_fit(fit: Any, num_draws: int):
-    from .fit import _FixParams
+    from .handlers import _FixParams
 
     if fit.model is None:
         raise ValueError(

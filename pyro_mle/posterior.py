@@ -4,12 +4,16 @@ Three readings of the posterior:
 
 * ``"nuts"``: Pyro's NUTS through :class:`pyro.infer.MCMC`, JIT-compiled where the program
   allows it (``jit_compile=True``, falling back to the interpreter when tracing fails);
-  chains run one after another, chain ``c`` seeded with ``seed + c``, so a run is
-  reproducible from its seed.
+  chains run one after another, each from its own seed spawned from ``seed`` (see
+  :func:`pyro_mle._rng.spawn_seeds`), so a run is reproducible from its seed.
 * ``"laplace"``: a Gaussian at the posterior mode in the unconstrained space, with covariance
   the inverse Hessian of the negative log joint there (exact for a linear-Gaussian model).
 * ``"vi"``: SVI with a full-rank multivariate normal guide
   (:class:`~pyro.infer.autoguide.AutoMultivariateNormal`).
+
+Every method runs inside :func:`pyro_mle._rng.rng_scope`: the draws depend on ``seed`` only,
+and the caller's global generators (``random``, NumPy, torch) are left as they were, so a
+bootstrap loop around :func:`posterior` does not repeat itself.
 
 ``pyro.param`` and ``pyro.module`` parameters are not random variables: every method keeps
 them at their current values in Pyro's param store (fit them first with
@@ -28,11 +32,14 @@ from typing import Any
 
 import pyro
 import torch
+from arviz_base import from_dict
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 from pyro.infer.mcmc.util import initialize_model
 
 from . import _replay
+from ._rng import rng_scope, spawn_seeds
+from .diagnostics import sampling_messages, warn
 
 METHODS = ("nuts", "laplace", "vi")
 
@@ -100,7 +107,7 @@ def posterior(
     num_samples: int = 1000,
     warmup: int = 1000,
     chains: int = 2,
-    seed: int = 0,
+    seed: int | None = 0,
     progress: bool | None = None,
     jit: bool = True,
     target_accept_prob: float = 0.8,
@@ -117,7 +124,9 @@ def posterior(
     :param warmup: NUTS warm-up (adaptation) steps per chain, discarded.
     :param chains: independent chains (for Laplace and VI: independent groups of draws,
         so r-hat is defined).
-    :param seed: chain ``c`` uses ``seed + c``.
+    :param seed: the run's seed: the same seed gives the same draws; ``None`` draws fresh
+        entropy. The chains get independent seeds spawned from it
+        (:func:`~pyro_mle._rng.spawn_seeds`). The caller's global generators are untouched.
     :param progress: progress bars; default on when stderr is a terminal.
     :param jit: JIT-compile the NUTS potential (falls back when the program won't trace).
     :param vi_steps, vi_lr: SVI steps and Adam learning rate for ``"vi"``.
@@ -138,35 +147,56 @@ def posterior(
         raise ValueError(f"posterior: warmup must be a non-negative integer; got {warmup!r}.")
     if progress is None:
         progress = sys.stderr.isatty()
-    tr = _replay.trace_model(model, args, kwargs)
-    _replay.require_observed(model, tr)
-    if not _replay.latent_sites(tr):
-        raise ValueError(
-            f"posterior: model {getattr(model, '__name__', model)!r} has no latent sample site, so there is no "
-            "posterior to draw. Give the parameters priors (pyro.sample), or use pyro_mle.fit for point estimates."
-        )
     start = time.perf_counter()
-    if method == "nuts":
-        samples, stats, info = _run_nuts(
-            model, args, kwargs, num_samples, warmup, chains, seed, progress, jit, target_accept_prob, max_tree_depth
-        )
-    elif method == "laplace":
-        samples, stats, info = _run_laplace(model, args, kwargs, num_samples, chains, seed)
-    else:
-        # the guide's parameters live in a copy of the store: reproducible from the seed, and
-        # the user's store is left as it was
-        with _replay.param_store_copy():
-            samples, stats, info = _run_vi(model, args, kwargs, num_samples, chains, seed, progress, vi_steps, vi_lr)
+    with rng_scope(seed):  # the caller's generators are restored on the way out, also on error
+        tr = _replay.trace_model(model, args, kwargs)
+        _replay.require_observed(model, tr)
+        if not _replay.latent_sites(tr):
+            raise ValueError(
+                f"posterior: model {getattr(model, '__name__', model)!r} has no latent sample site, so there is no "
+                "posterior to draw. Give the parameters priors (pyro.sample), or use pyro_mle.fit for point estimates."
+            )
+        if method == "nuts":
+            samples, stats, info = _run_nuts(
+                model,
+                args,
+                kwargs,
+                num_samples,
+                warmup,
+                chains,
+                seed,
+                progress,
+                jit,
+                target_accept_prob,
+                max_tree_depth,
+            )
+        elif method == "laplace":
+            samples, stats, info = _run_laplace(model, args, kwargs, num_samples, chains, seed)
+        else:
+            # the guide's parameters live in a copy of the store: reproducible from the seed, and
+            # the user's store is left as it was
+            with _replay.param_store_copy():
+                samples, stats, info = _run_vi(
+                    model, args, kwargs, num_samples, chains, seed, progress, vi_steps, vi_lr
+                )
     info.update(run_time_s=time.perf_counter() - start, seed=seed, chains=chains, num_samples=num_samples)
     if method == "nuts":
         info["warmup"] = warmup
     result = Posterior(method, samples, stats, info, model, tuple(args), dict(kwargs))
     if diagnose and method == "nuts":
-        from .datatree import to_datatree
-        from .diagnostics import sampling_messages, warn
-
-        warn(sampling_messages(to_datatree(result, log_likelihood=False, predictive=False)))
+        warn(sampling_messages(_draws_tree(result)))
     return result
+
+
+def _draws_tree(result: Posterior):
+    """The draws and sampler statistics as a bare DataTree, enough for
+    :func:`~pyro_mle.diagnostics.sampling_messages` (which reads no dimension names).
+    :func:`pyro_mle.to_datatree` builds the full one; it is not used here so that this module
+    does not depend on the converter that depends on it."""
+    groups = {"posterior": {k: v.detach().cpu().numpy() for k, v in result.samples.items()}}
+    if result.sample_stats:
+        groups["sample_stats"] = {k: v.detach().cpu().numpy() for k, v in result.sample_stats.items()}
+    return from_dict(groups)
 
 
 # --------------------------------------------------------------------------- NUTS
@@ -236,31 +266,36 @@ class _RecordingNUTS(NUTS):
 def _run_nuts(model, args, kwargs, num_samples, warmup, chains, seed, progress, jit, target, depth):
     per_chain, stats = [], []
     info: dict[str, Any] = {"jit": jit}
+    # one independent stream per chain; never seed + c, which would make chain 1 of seed 0
+    # chain 0 of seed 1
+    chain_seeds = spawn_seeds(seed, chains)
     for c in range(chains):
         for use_jit in (True, False) if info["jit"] else (False,):
-            pyro.set_rng_seed(seed + c)
-            kernel = _RecordingNUTS(
-                model,
-                jit_compile=use_jit,
-                ignore_jit_warnings=True,
-                target_accept_prob=target,
-                max_tree_depth=depth,
-            )
-            mcmc = MCMC(
-                kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=not progress
-            )
-            try:
-                with warnings.catch_warnings():
-                    # torch ≥ 2.9 flags torch.jit.trace as deprecated; Pyro's JIT path still uses it
-                    warnings.filterwarnings(
-                        "ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning
-                    )
-                    mcmc.run(*args, **kwargs)
-                break
-            except Exception as e:  # noqa: BLE001 - a program the JIT cannot trace runs interpreted
-                if not use_jit:
-                    raise
-                info["jit"], info["jit_error"] = False, f"{type(e).__name__}: {e}"
+            # each attempt starts from the chain's seed: the interpreted retry after a failed
+            # JIT trace draws what an interpreted run would have
+            with rng_scope(chain_seeds[c]):
+                kernel = _RecordingNUTS(
+                    model,
+                    jit_compile=use_jit,
+                    ignore_jit_warnings=True,
+                    target_accept_prob=target,
+                    max_tree_depth=depth,
+                )
+                mcmc = MCMC(
+                    kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=not progress
+                )
+                try:
+                    with warnings.catch_warnings():
+                        # torch ≥ 2.9 flags torch.jit.trace as deprecated; Pyro's JIT path still uses it
+                        warnings.filterwarnings(
+                            "ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning
+                        )
+                        mcmc.run(*args, **kwargs)
+                    break
+                except Exception as e:  # noqa: BLE001 - a program the JIT cannot trace runs interpreted
+                    if not use_jit:
+                        raise
+                    info["jit"], info["jit_error"] = False, f"{type(e).__name__}: {e}"
         per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
         stats.append(kernel.records)
     samples = {k: torch.stack([ch[k] for ch in per_chain]) for k in per_chain[0]}
@@ -275,7 +310,11 @@ def _run_nuts(model, args, kwargs, num_samples, warmup, chains, seed, progress, 
 
 
 def _draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, seed):
-    """Draws of a Gaussian over the flat unconstrained vector, unpacked and constrained."""
+    """Draws of a Gaussian over the flat unconstrained vector, unpacked and constrained.
+
+    ``seed`` is a seed spawned from the run's (:func:`~pyro_mle._rng.spawn_seeds`), so the
+    draws' stream is not the one that drove the fit before them.
+    """
     g = torch.Generator().manual_seed(seed)
     total = num_samples * chains
     eps = torch.randn(total, loc.numel(), generator=g, dtype=loc.dtype)
@@ -302,7 +341,7 @@ def _flat_potential(potential_fn, layout):
 
 
 def _run_laplace(model, args, kwargs, num_samples, chains, seed):
-    pyro.set_rng_seed(seed)
+    # the global generators were seeded by posterior's rng_scope(seed)
     init, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
     layout = [(k, tuple(v.shape)) for k, v in init.items()]
     f = _flat_potential(potential_fn, layout)
@@ -335,13 +374,14 @@ def _run_laplace(model, args, kwargs, num_samples, chains, seed):
     eye = torch.eye(mode.numel(), dtype=mode.dtype)
     covariance = torch.cholesky_solve(eye, precision_tril)
     scale_tril = torch.linalg.cholesky(covariance)
-    samples, stats = _draw_gaussian(mode, scale_tril, layout, transforms, num_samples, chains, seed)
+    (draw_seed,) = spawn_seeds(seed, 1)
+    samples, stats = _draw_gaussian(mode, scale_tril, layout, transforms, num_samples, chains, draw_seed)
     info = {"loc": mode, "covariance": covariance, "layout": layout}
     return samples, stats, info
 
 
 def _run_vi(model, args, kwargs, num_samples, chains, seed, progress, steps, lr):
-    pyro.set_rng_seed(seed)
+    # the global generators were seeded by posterior's rng_scope(seed)
     _, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
     guide = AutoMultivariateNormal(model)
     # lr decays 100-fold over the run so the final iterates settle instead of jittering
@@ -368,6 +408,7 @@ def _run_vi(model, args, kwargs, num_samples, chains, seed, progress, steps, lr)
             (name, tuple(guide._unconstrained_shapes[name]))
             for name, _ in guide.prototype_trace.iter_stochastic_nodes()
         ]
-    samples, stats = _draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, seed + 1)
+    (draw_seed,) = spawn_seeds(seed, 1)
+    samples, stats = _draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, draw_seed)
     info = {"loc": loc, "covariance": scale_tril @ scale_tril.T, "layout": layout, "elbo": losses}
     return samples, stats, info

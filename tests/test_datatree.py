@@ -110,6 +110,9 @@ def test_arviz_functions_run_without_warnings(matmul_dt):
     matplotlib.use("Agg")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # a high Pareto k is a property of the data and of the draws (one influential row here,
+        # k near the threshold for 300 draws, above or below it by the seed), not of the tree
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
         summary = azs.summary(matmul_dt)
         assert {"w[0]", "w[1]"} <= set(summary.index)
         azs.ess(matmul_dt)
