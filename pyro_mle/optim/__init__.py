@@ -1,0 +1,1 @@
+"""Optimisers over flat parameter vectors, free of Pyro."""
