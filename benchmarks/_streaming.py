@@ -78,19 +78,22 @@ def fit(directory: Path, batch: int, steps: int) -> dict:
     from benchmarks.problems import streaming_model
     from pyro_mle.data import MemoryMappedRows
 
-    fit_module = importlib.import_module("pyro_mle.fit")
+    fit_module = importlib.import_module("pyro_mle.objective")
     x, y = MemoryMappedRows(directory / "x.npy"), MemoryMappedRows(directory / "y.npy")
-    sweep = {}
-    full_data_nll = fit_module._full_data_nll
+    # every pass over the whole file (the verdict on Adam's estimate, the full-data polish, the
+    # final NLL) is timed apart from the minibatch steps
+    sweep = {"s": 0.0, "count": 0}
+    full_sweep = fit_module._sweep
 
     def timed_sweep(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return full_data_nll(*args, **kwargs)
+            return full_sweep(*args, **kwargs)
         finally:
-            sweep["s"] = time.perf_counter() - start
+            sweep["s"] += time.perf_counter() - start
+            sweep["count"] += 1
 
-    fit_module._full_data_nll = timed_sweep
+    fit_module._sweep = timed_sweep
     # One Adam step on a tiny tensor first: torch's optimisers import much of torch on their
     # first step (a fixed ~130 MiB), which belongs to the baseline, not to the data.
     tiny = torch.zeros(1, requires_grad=True)
@@ -115,7 +118,8 @@ def fit(directory: Path, batch: int, steps: int) -> dict:
         "train_s": train,
         "sweep_s": sweep["s"],
         "train_rows_per_s": result.num_steps * batch / train,
-        "sweep_rows_per_s": len(x) / sweep["s"],
+        "sweeps": sweep["count"],
+        "sweep_rows_per_s": sweep["count"] * len(x) / sweep["s"],
         "baseline_anon_mib": baseline / 1024,
         "peak_anon_mib": max(sampler.peak_anon, status["RssAnon"]) / 1024,
         "peak_rss_mib": status["VmHWM"] / 1024,

@@ -147,18 +147,18 @@ class _StepClock:
 @contextlib.contextmanager
 def _clock_fit_steps(clock: _StepClock):
     """Tick ``clock`` at every evaluation of pyro_mle's optimisation loop (one per Adam step)."""
-    run_class = importlib.import_module("pyro_mle.fit")._Run
-    evaluate = run_class._evaluate
+    run_class = importlib.import_module("pyro_mle.evaluation").Evaluator
+    evaluate = run_class.evaluate
 
     def ticking(self, *args, **kwargs):
         clock.tick()
         return evaluate(self, *args, **kwargs)
 
-    run_class._evaluate = ticking
+    run_class.evaluate = ticking
     try:
         yield
     finally:
-        run_class._evaluate = evaluate
+        run_class.evaluate = evaluate
 
 
 def adam(n: int, steps: int, repeats: int, context: bool) -> list[Row]:

@@ -4,16 +4,28 @@ Write an ordinary Pyro program whose observed sites use a likelihood head; its N
 classical loss (least squares, cross-entropy, ...).
 """
 
-from . import data, distributed, handlers, likelihoods
+from . import data, distributed, handlers, likelihoods, optim
 from ._validation import validation, validation_enabled
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
 from .data import MemoryMappedRows
 from .datatree import loo_pit, to_datatree
 from .diagnostics import DiagnosticWarning
 from .distributed import fit_distributed
-from .fit import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
+from .fit import fit
 from .likelihoods import empirical_kl
+from .objective import PointObjective, init_to_centre, objective
 from .posterior import Posterior, posterior
+from .results import (
+    ConvergenceWarning,
+    Fit,
+    FitDivergedError,
+    FitInterrupted,
+    NoOptimumWarning,
+    Prediction,
+    UnusedParameterError,
+    ZeroGradientWarning,
+    load,
+)
 
 __version__ = "0.1.0"
 
@@ -22,6 +34,13 @@ __all__ = [
     "ConvergenceWarning",
     "Fit",
     "FitDivergedError",
+    "FitInterrupted",
+    "NoOptimumWarning",
+    "PointObjective",
+    "UnusedParameterError",
+    "ZeroGradientWarning",
+    "init_to_centre",
+    "objective",
     "Prediction",
     "DiagnosticWarning",
     "LikelihoodComparison",
@@ -39,6 +58,7 @@ __all__ = [
     "likelihoods",
     "load",
     "loo_pit",
+    "optim",
     "posterior",
     "to_datatree",
     "validation",

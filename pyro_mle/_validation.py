@@ -108,3 +108,9 @@ def as_tensor(what: str, value: object, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(value, dtype=dtype)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{what} must be a tensor, an array or a number; got {type(value).__name__} ({e}).") from None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, ending in a full stop: for messages that quote it."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return line.rstrip(":") + ("" if line.endswith(".") else ".")

@@ -65,13 +65,26 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .fit import fit
     from .model_files import load_model_file
+    from .results import FitInterrupted
 
     mf = load_model_file(args.model)
     x, y = _load_data(args, mf)
-    result = fit(mf.model, x, y, method=args.method, optimizer=args.optimizer, seed=args.seed, progress=args.progress)
-    print(f"{mf.name}: {args.method.upper()} fit of {len(x)} rows ({mf.loss or mf.likelihood or 'NLL'})")
+    try:
+        result = fit(
+            mf.model, x, y, method=args.method, optimizer=args.optimizer, seed=args.seed, progress=args.progress
+        )
+    except FitInterrupted as e:  # Ctrl-C: report and keep what the fit reached, exit as a shell does
+        print(f"pyro-mle: interrupted: {e.fit.message}", file=sys.stderr)
+        _report_fit(args, mf, len(x), e.fit)
+        return 130
+    _report_fit(args, mf, len(x), result)
+    return 0
+
+
+def _report_fit(args: argparse.Namespace, mf, rows: int, result) -> None:
+    print(f"{mf.name}: {args.method.upper()} fit of {rows} rows ({mf.loss or mf.likelihood or 'NLL'})")
     print(f"  converged: {result.converged} after {result.num_steps} steps ({result.message})")
-    print(f"  NLL at the estimate: {result.nll:.6g}  (mean per row {result.nll / len(x):.6g})")
+    print(f"  NLL at the estimate: {result.nll:.6g}  (mean per row {result.nll / rows:.6g})")
     for name, value in result.params.items():
         flat = value.detach().reshape(-1)
         shown = ", ".join(f"{v:.4g}" for v in flat[:8].tolist()) + (", ..." if flat.numel() > 8 else "")
@@ -85,11 +98,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             "nll": result.nll,
             "converged": result.converged,
             "num_steps": result.num_steps,
+            "message": result.message,
             "params": {k: v.detach().tolist() for k, v in result.params.items()},
         }
         (out / f"{mf.name}_{args.method}.json").write_text(json.dumps(summary, indent=2))
         print(f"wrote {out / (mf.name + '_' + args.method + '.pt')} and .json")
-    return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -248,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        if os.environ.get("PYRO_MLE_DEBUG"):
+            raise
+        print("pyro-mle: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("PYRO_MLE_DEBUG"):
             raise

@@ -49,10 +49,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.runtime import Message
 
-from .fit import Fit, _fit
+from .fit import _fit
+from .results import Fit
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 600.0) -> None:
@@ -114,7 +114,7 @@ def fit_distributed(
     progress: bool | None = None,
     rtol: float | None = None,
     gtol: float | None = None,
-    init_loc_fn: Callable[[Message], torch.Tensor] = init_to_median,
+    init_loc_fn: Callable[[Message], torch.Tensor] | None = None,
     jit: bool | None = None,
     group: Any = None,
     **kwargs: Any,
@@ -122,9 +122,10 @@ def fit_distributed(
     """:func:`pyro_mle.fit` on this process's shard of the data, with gradients averaged over the
     processes of ``group`` (see the module docstring). Every process calls it with its own
     shard (``*args``, ``**kwargs``: the program's arguments) and the same options; all get the
-    same :class:`~pyro_mle.fit.Fit`. Options are those of :func:`pyro_mle.fit`; ``seed`` seeds
-    process ``r`` with ``seed + r`` (so subsampling plates draw different minibatches) and the
-    initial parameters are process 0's. ``progress`` defaults to process 0 only.
+    same :class:`~pyro_mle.fit.Fit`. Options are those of :func:`pyro_mle.fit`; each process
+    runs on its own random stream derived from ``seed`` (``SeedSequence(seed).spawn``, so
+    subsampling plates draw different minibatches) and the initial parameters are process 0's. ``progress``
+    defaults to process 0 only.
 
     Every observed site must be sharded by rows (each process holds its own examples of it).
     The process group must exist: :func:`init_process_group` makes it from torchrun's
@@ -144,7 +145,7 @@ def fit_distributed(
         num_steps=num_steps,
         lr=lr,
         seed=seed,
-        seed_offset=rank,
+        rank=rank,
         progress=progress,
         rtol=rtol,
         gtol=gtol,

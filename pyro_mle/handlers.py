@@ -8,9 +8,10 @@ objective :math:`-\\log p(y \\mid \\theta)`; without it, the objective is the MA
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import overload
 
+import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 
@@ -68,6 +69,20 @@ def likelihood_only(fn=None):
     """
     msngr = LikelihoodOnlyMessenger()
     return msngr(fn) if fn is not None else msngr
+
+
+
+class _FixParams(Messenger):
+    """Every ``pyro.param`` named in ``values`` returns that value (full param-store names,
+    unlike ``poutine.substitute``, which strips the ``pyro.module`` prefix)."""
+
+    def __init__(self, values: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.values = values
+
+    def _pyro_param(self, msg: Message) -> None:
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
 
 
 __all__ = ["LikelihoodOnlyMessenger", "likelihood_only"]

@@ -22,7 +22,7 @@ import pyro_mle
 from pyro_mle import likelihoods as L
 from pyro_mle.data import MemoryMappedRows
 
-fit_module = importlib.import_module("pyro_mle.fit")  # the module, not the function pyro_mle.fit
+fit_module = importlib.import_module("pyro_mle.objective")  # the module, not the function pyro_mle.objective
 F64 = torch.float64
 
 

@@ -1,0 +1,231 @@
+"""Does the point estimate exist, and does every fitted quantity reach the loss?
+
+Two ways a fit can report a number that is not an optimum of its objective, whatever its
+gradient says:
+
+* **A parameter the loss does not depend on** keeps its starting value; its gradient is
+  ``None`` (no path) or zero. Typical: a ``torch.nn`` module built *inside* the model and
+  registered with ``pyro.module`` (the store keeps the first module's weights while the
+  forward pass uses a new module's), or under MLE a latent site that appears only in the
+  priors of other latent sites, which MLE masks.
+* **An estimate that does not exist**: the objective decreases without end towards the edge of
+  the parameter space, so any finite stopping point is arbitrary. Separable classes (logistic
+  weights → ±∞, the loss → 0), a scale collapsing onto a data point or a centred hierarchy's
+  scale τ → 0 where the density is unbounded. statsmodels raises ``PerfectSeparationError``
+  for the first; we detect all of them from the objective alone: the loss keeps falling along
+  the direction the iterates were moving in, or a constrained parameter sits at the edge of its
+  support (its unconstrained value beyond ±23, i.e. a scale below 1e-10 or above 1e10).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyro
+import scipy.optimize
+import torch
+from torch.distributions import constraints
+
+#: An unconstrained coordinate beyond this has run to the edge of its support: exp(±23) is
+#: 1e±10, far outside any scale a float fit resolves next to values of order one.
+EDGE = 23.0
+_GUIDE_PREFIX = "AutoDelta."
+
+
+def display_name(store_name: str) -> str:
+    """``"AutoDelta.tau"`` → ``"tau"`` (a latent site); ``"net$$$0.weight"`` → ``"net.0.weight"``."""
+    if store_name.startswith(_GUIDE_PREFIX):
+        return store_name[len(_GUIDE_PREFIX) :]
+    return store_name.replace("$$$", ".")
+
+
+def unused_message(names: list[str], method: str, latent: tuple[str, ...]) -> str:
+    """Why parameters without a path to the loss cannot be fitted, and what to do."""
+    modules = sorted({n.split("$$$")[0] for n in names if "$$$" in n})
+    sites = [display_name(n) for n in names if n.startswith(_GUIDE_PREFIX)]
+    params = [n for n in names if "$$$" not in n and not n.startswith(_GUIDE_PREFIX)]
+    parts = []
+    if modules:
+        parts.append(
+            f"module {', '.join(repr(m) for m in modules)}: its registered weights never reach the loss. "
+            "A torch.nn module built inside the model is a new module at every call, and pyro.module keeps the "
+            "first one's weights in the param store while the forward pass uses the new one's. Build the module "
+            "once, outside the model (net = torch.nn.Linear(...); in the model: pyro.module('net', net)), or "
+            "make it a pyro.nn.PyroModule"
+        )
+    if sites:
+        why = (
+            "appears only in the prior of other latent sites, which MLE masks, so the likelihood does not identify it"
+            if method == "mle"
+            else "does not enter the objective"
+        )
+        fix = (
+            "use method='map' (the priors count), fix it to a value (poutine.condition), or remove it"
+            if method == "mle"
+            else "remove it or use it in the model"
+        )
+        parts.append(f"latent site {', '.join(repr(s) for s in sites)} {why}: {fix}")
+    if params:
+        parts.append(
+            f"param {', '.join(repr(p) for p in params)} does not enter the loss (is it used, and used with "
+            "gradients enabled?): remove it or use it"
+        )
+    return (
+        f"fit(model): {len(names)} fitted parameter(s) have no gradient path to the {method.upper()} loss, so "
+        f"the fit cannot move them and would return their starting values: " + "; ".join(parts) + "."
+    )
+
+
+def zero_gradient(params: list[torch.Tensor]) -> list[bool]:
+    """Per parameter tensor: whether its ``.grad`` is missing or exactly zero everywhere."""
+    return [p.grad is None or not bool(p.grad.any()) for p in params]
+
+
+def at_edge(names: tuple[str, ...], params: list[torch.Tensor]) -> list[str]:
+    """Constrained parameters whose unconstrained value lies beyond ±:data:`EDGE`:
+    ``"tau = 4.1e-17"`` (a positive scale run to 0) and the like."""
+    store = pyro.get_param_store()
+    found = []
+    for name, p in zip(names, params):
+        constraint = getattr(store, "_constraints", {}).get(name, constraints.real)
+        while isinstance(constraint, constraints.independent):
+            constraint = constraint.base_constraint
+        if isinstance(constraint, type(constraints.real)) or p.numel() == 0:
+            continue
+        far = p.detach().abs() > EDGE
+        if bool(far.any()):
+            value = store[name].detach()
+            flat = value.reshape(-1)[far.reshape(-1)] if value.shape == p.shape else value.reshape(-1)
+            shown = ", ".join(f"{float(v):.3g}" for v in flat[:3])
+            found.append(f"{display_name(name)!r} = {shown}")
+    return found
+
+
+def runs_off(value: Callable[[torch.Tensor], float], x_hat: torch.Tensor, direction: torch.Tensor, loss: float) -> bool:
+    """Whether the loss keeps falling (or stays flat) beyond the estimate along ``direction``:
+    the test for an estimate at infinity.
+
+    The direction is scaled so that its largest coordinate moves by ``max(1, |x_hat|_∞)``; the
+    estimate runs off when the loss at ``x_hat + u`` and at ``x_hat + 2u`` is no higher than at
+    ``x_hat`` (to rounding) or is −∞. At a strict optimum a step that long raises the loss; only
+    a ray of non-increase (separation, a density without bound, a parameter the loss does not
+    identify) passes.
+    """
+    size = float(direction.abs().max()) if direction.numel() else 0.0
+    if not size > 0 or not math.isfinite(loss) or not math.isfinite(size):
+        return False
+    u = direction * (max(1.0, float(x_hat.abs().max())) / size)
+    slack = 16 * torch.finfo(x_hat.dtype).eps * max(abs(loss), 1.0)
+    for t in (1.0, 2.0):
+        v = value(x_hat + t * u)
+        if math.isnan(v) or v > loss + slack:
+            return False
+    return True
+
+
+def separation(trace_fn: Callable[[], Any], params: list[torch.Tensor], max_size: int = 10_000_000) -> list[str]:
+    """Observed Bernoulli and Categorical sites whose classes are (quasi-)separated at the
+    estimate: the linear-programming test of Konis (2007, the one R's ``detectseparation``
+    runs), applied to the margins' Jacobian.
+
+    With margins :math:`m_i` (the logit of the observed class minus each other class's; for a
+    Bernoulli, :math:`\\pm` the logit) and :math:`J = \\partial m/\\partial\theta`, the classes are
+    separated when some direction :math:`d` raises a margin without lowering any:
+    :math:`\\max \\sum_i J_i d` subject to :math:`J d \\ge 0`, :math:`|d|_\\infty \\le 1`, is
+    positive. Then the cross-entropy keeps falling along :math:`d` (its gradient along it is
+    :math:`-\\sum_i \\sigma(-m_i) J_i d < 0` at any finite point), so no finite minimum exists. For
+    a model linear in its parameters (logistic and multinomial regression) this is exact; for a
+    network it is the same statement about the network linearised at the estimate.
+    Problems whose Jacobian would exceed ``max_size`` entries are not tested.
+    """
+    with torch.enable_grad():
+        trace = trace_fn()
+        found = []
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or not site["is_observed"]:
+                continue
+            fn = site["fn"]
+            while isinstance(fn, (torch.distributions.Independent,)) or hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            if isinstance(fn, torch.distributions.Bernoulli):
+                y = site["value"].detach()
+                margins = (2.0 * y - 1.0) * torch.broadcast_to(fn.logits, y.shape)
+            elif isinstance(fn, torch.distributions.Categorical):
+                y = site["value"].detach().long()
+                logits = fn.logits.reshape(-1, fn.logits.shape[-1])
+                y = torch.broadcast_to(y, fn.logits.shape[:-1]).reshape(-1)
+                own = logits.gather(-1, y[:, None])
+                others = torch.ones_like(logits, dtype=torch.bool).scatter(-1, y[:, None], False)
+                margins = (own - logits)[others]
+            else:
+                continue
+            margins = margins.reshape(-1)
+            size = margins.numel() * sum(p.numel() for p in params)
+            if not margins.requires_grad or size > max_size or margins.numel() == 0:
+                continue
+            if _separating_direction(_jacobian(margins, params)):
+                found.append(name)
+    return found
+
+
+def _jacobian(outputs: torch.Tensor, params: list[torch.Tensor]) -> np.ndarray:
+    rows = []
+    for i in range(outputs.numel()):
+        grads = torch.autograd.grad(outputs[i], params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]))
+    return torch.stack(rows).detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _separating_direction(jac: np.ndarray) -> bool:
+    """Konis's LP: is there d with J d ≥ 0, |d|∞ ≤ 1 and Σ J d > 0 (beyond rounding)?"""
+    scale = np.abs(jac).max(axis=1, keepdims=True)
+    keep = scale[:, 0] > 0
+    if not keep.any():
+        return False
+    jac = jac[keep] / scale[keep]  # each margin's row on a unit scale: the test is about signs
+    result = scipy.optimize.linprog(
+        -jac.sum(axis=0),
+        A_ub=-jac,
+        b_ub=np.zeros(len(jac)),
+        bounds=[(-1.0, 1.0)] * jac.shape[1],
+        method="highs",
+    )
+    return bool(result.status == 0 and -result.fun > 1e-6 * len(jac))
+
+
+def no_optimum_message(method: str, edge: list[str], ray: bool, observed_discrete: bool) -> str:
+    """Why the MLE/MAP does not exist, and the remedies."""
+    what = method.upper()
+    causes = []
+    if edge:
+        causes.append(
+            f"{', '.join(edge)} ran to the edge of its support, where the {what} objective has no lower bound "
+            "(a scale collapsing to 0: the density is unbounded there, as for τ in a centred hierarchy)"
+        )
+    if ray:
+        if observed_discrete:
+            causes.append(
+                "the loss keeps falling as the weights grow along one direction: the classes are (quasi-)perfectly "
+                "separated by it, so those weights run to infinity (statsmodels raises PerfectSeparationError for "
+                "complete separation)"
+            )
+        else:
+            causes.append(
+                "the loss keeps falling (or stays flat) along a direction in which the parameters can grow without "
+                "end, so no finite point is a minimum (or, if flat, none is unique)"
+            )
+    fixes = (
+        "use method='map' with a proper prior on the parameters that run off (a Normal prior on the weights is "
+        "ridge regularisation), bound them, reparameterise (non-centred hierarchy), or use the full posterior"
+        if method == "mle"
+        else "use a prior that keeps the parameter away from the edge (e.g. Gamma or LogNormal instead of a "
+        "half-Cauchy on a scale), a non-centred parameterisation, or the full posterior (pyro_mle.posterior)"
+    )
+    return (
+        f"the {what} estimate does not exist: "
+        + "; ".join(causes)
+        + f". The values reported are arbitrary. Fix: {fixes}."
+    )
