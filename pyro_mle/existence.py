@@ -144,6 +144,8 @@ def separation(trace_fn: Callable[[], Any], params: list[torch.Tensor], max_size
     with torch.enable_grad():
         trace = trace_fn()
         found = []
+        if not _only_classification(trace):
+            return found  # a prior or a penalty (a factor) can bound the loss despite separation
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or not site["is_observed"]:
                 continue
@@ -169,6 +171,23 @@ def separation(trace_fn: Callable[[], Any], params: list[torch.Tensor], max_size
             if _separating_direction(_jacobian(margins, params)):
                 found.append(name)
     return found
+
+
+def _only_classification(trace: Any) -> bool:
+    """Whether every term of the objective is an observed Bernoulli or Categorical site."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or site["mask"] is False or site["infer"].get("_deterministic"):
+            continue
+        if type(site["fn"]).__name__ == "_Subsample":
+            continue
+        fn = site["fn"]
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if not site["is_observed"] or not isinstance(
+            fn, (torch.distributions.Bernoulli, torch.distributions.Categorical)
+        ):
+            return False
+    return True
 
 
 def _jacobian(outputs: torch.Tensor, params: list[torch.Tensor]) -> np.ndarray:

@@ -619,7 +619,7 @@ class _Run:
             and not spent
             and (self.size <= _NEWTON_ALWAYS or (not converged and self.size <= _NEWTON_MAX))
         ):
-            newton_run = self._newton(converged)
+            newton_run = self._newton()
             if newton_run is not None:
                 steps += newton_run.num_steps
                 if newton_run.num_steps or not converged:
@@ -650,7 +650,7 @@ class _Run:
         except (ValueError, RuntimeError):
             return math.nan
 
-    def _newton(self, converged_before: bool) -> Any:
+    def _newton(self) -> Any:
         """Damped Newton steps from the current point; ``None`` (and the point unchanged) when
         they cannot run or leave the point no better than they found it."""
         obj, s = self.obj, self.s
@@ -680,6 +680,8 @@ class _Run:
                 converged=converged,
                 max_steps=_NEWTON_STEPS,
                 max_params=_NEWTON_MAX,
+                max_decrement=100 * torch.finfo(obj.params[0].dtype).eps,
+                min_steps=1,
             )
         except (ValueError, RuntimeError, NotImplementedError):
             obj.set_flat(start)  # the program has no second derivative here (or too many parameters)
@@ -691,7 +693,7 @@ class _Run:
             worse = relative_gradient(result.grad, result.x, float(result.loss), s.num_data) > relative_gradient(
                 before[1], start, before[0], s.num_data
             )
-            if worse or converged_before:
+            if worse:
                 obj.set_flat(start)
                 return None
         obj.set_flat(result.x)
@@ -708,7 +710,10 @@ class _Run:
         obj = self.obj
         x_hat = obj.flat()
         edge = existence.at_edge(obj.names, obj.params)
-        ray = bool(self.recent) and existence.runs_off(self._value, x_hat, x_hat - self.recent[0], loss)
+        # The ray test checks a claim of convergence; from a point that is merely unfinished the
+        # loss keeps falling for a while along any descent direction.
+        ray = outcome.converged and bool(self.recent)
+        ray = ray and existence.runs_off(self._value, x_hat, x_hat - self.recent[0], loss)
         obj.set_flat(x_hat)
         separated = [] if ray or edge else existence.separation(obj.trace, obj.params)
         if edge or ray or separated:

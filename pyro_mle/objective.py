@@ -267,6 +267,8 @@ def _fused_sum_log_prob(site: Message) -> torch.Tensor | None:
         # a fixed scale: fold the constants in Python, two scalar operations on the sum instead
         # of eight (they count when steps take tens of microseconds)
         sigma, weight = float(s), float(weight)
+        if not sigma * sigma > 0 or not math.isfinite(sigma * sigma):
+            return None  # let Normal.log_prob say what a zero or infinite scale gives
         return squares * (-0.5 * weight / (sigma * sigma)) - weight * n * (math.log(sigma) + _LOG_SQRT_2PI)
     lp = -0.5 * squares / (s * s) - n * (torch.log(s) + _LOG_SQRT_2PI)
     return scale_and_mask(lp, weight, None)

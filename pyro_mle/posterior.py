@@ -40,6 +40,9 @@ from pyro.infer.mcmc.util import initialize_model
 from . import _replay
 from ._rng import rng_scope, spawn_seeds
 from .diagnostics import sampling_messages, warn
+from .optim.lbfgs import lbfgs
+from .optim.newton import hessian_from, newton, value_and_grad_from
+from .optim.stopping import default_tolerances, relative_gradient
 
 METHODS = ("nuts", "laplace", "vi")
 
@@ -345,23 +348,7 @@ def _run_laplace(model, args, kwargs, num_samples, chains, seed):
     init, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
     layout = [(k, tuple(v.shape)) for k, v in init.items()]
     f = _flat_potential(potential_fn, layout)
-    theta = torch.cat([v.detach().reshape(-1) for v in init.values()]).clone().requires_grad_()
-    opt = torch.optim.LBFGS(
-        [theta], lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
-    )
-
-    def closure():
-        opt.zero_grad()
-        loss = f(theta)
-        loss.backward()
-        return loss
-
-    for _ in range(20):  # restart L-BFGS until the mode is found to the precision of the dtype
-        opt.step(closure)
-        grad = torch.autograd.grad(f(theta), theta)[0]
-        if grad.abs().max() < 1e-9 * max(1.0, float(theta.detach().abs().max())):
-            break
-    mode = theta.detach()
+    mode = _find_mode(f, torch.cat([v.detach().reshape(-1) for v in init.values()]))
     hess = torch.autograd.functional.hessian(f, mode)
     hess = 0.5 * (hess + hess.T)
     try:
@@ -378,6 +365,58 @@ def _run_laplace(model, args, kwargs, num_samples, chains, seed):
     samples, stats = _draw_gaussian(mode, scale_tril, layout, transforms, num_samples, chains, draw_seed)
     info = {"loc": mode, "covariance": covariance, "layout": layout}
     return samples, stats, info
+
+
+def _find_mode(f: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor) -> torch.Tensor:
+    """The mode of the unconstrained posterior density: the same optimisers as ``fit`` (L-BFGS,
+    then Newton steps on the exact Hessian), judged by the same rule; a posterior without a mode
+    (a centred hierarchy, whose density is unbounded as its scale goes to 0) is refused by name."""
+    theta = start.clone().requires_grad_()
+
+    def evaluate(probe: bool) -> torch.Tensor | None:
+        theta.grad = None
+        with torch.enable_grad():
+            try:
+                loss = f(theta)
+            except (ValueError, RuntimeError):
+                loss = None
+        if loss is None or not bool(torch.isfinite(loss)):
+            if probe:
+                return None
+            raise ValueError(_NO_MODE.format(detail="the log density is not finite at the start"))
+        loss.backward()
+        return loss.detach()
+
+    num_data = 1.0
+    tolerance = default_tolerances(theta.dtype)
+    lbfgs(evaluate, [theta], num_steps=1000, lr=1.0, rtol=tolerance[0], gtol=tolerance[1], num_data=num_data)
+    value_and_grad = value_and_grad_from(f)
+
+    def safe(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        try:
+            loss, grad = value_and_grad(x)
+            return float(loss), grad
+        except (ValueError, RuntimeError):
+            return math.inf, torch.zeros_like(x)
+
+    result = newton(
+        safe,
+        theta.detach(),
+        hessian=hessian_from(f),
+        converged=lambda x, loss, g: relative_gradient(g, x, float(loss), num_data) <= tolerance[1],
+        max_decrement=100 * torch.finfo(theta.dtype).eps,
+        min_steps=1,
+    )
+    if not result.converged:
+        raise ValueError(_NO_MODE.format(detail=result.message))
+    return result.x
+
+
+_NO_MODE = (
+    "posterior(method='laplace'): no mode of the posterior density was found ({detail}). A posterior "
+    "without a mode (a centred hierarchy, whose density grows without bound as its scale goes to 0) has no "
+    "Laplace approximation: use method='nuts', a non-centred parameterisation, or more informative priors."
+)
 
 
 def _run_vi(model, args, kwargs, num_samples, chains, seed, progress, steps, lr):

@@ -90,6 +90,9 @@ class NewtonResult:
       eigenvalues of :math:`H`, whose small ones are accurate only to
       :math:`\\epsilon \\max|\\lambda|`.
     * ``min_eigenvalue``: the smallest eigenvalue of the Hessian at ``x`` (negative at a saddle).
+    * ``score``: :math:`\\max_i |g_i|/\\sqrt{|H_{ii}|}` at ``x``, the gradient in units of the
+      loss's curvature; for a negative log-likelihood, how many standard errors each coordinate
+      lies from the optimum to first order (the score statistic).
     """
 
     x: torch.Tensor
@@ -100,6 +103,7 @@ class NewtonResult:
     message: str
     condition: float
     min_eigenvalue: float
+    score: float = math.nan
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -286,6 +290,8 @@ def newton(
     max_steps: int = 50,
     converged: Converged | None = None,
     max_params: int = 5000,
+    max_decrement: float | None = None,
+    min_steps: int = 0,
 ) -> NewtonResult:
     r"""Minimise a smooth loss by damped Newton steps from ``x0``, with a dense Hessian.
 
@@ -301,6 +307,11 @@ def newton(
     :param max_steps: at most this many accepted steps.
     :param converged: ``converged(x, loss, grad) -> bool``, the caller's (scale-aware) test.
         Default: relative gradient :math:`\le 10^{-9}` (float64) or :math:`10^{-5}` (float32).
+    :param max_decrement: also require the Newton decrement :math:`g^\top H^{-1} g` (the
+        decrease the quadratic model promises) to be at most this times ``max(|loss|, 1)``.
+    :param min_steps: take at least this many full Newton steps even where the convergence
+        test already holds (a finish after a first-order method), each kept only if it raises
+        neither the loss (beyond rounding) nor the relative gradient.
     :param max_params: refuse (``ValueError``) a larger ``x0``: the Hessian is dense, and the
         caller skips the Newton finish instead.
 
@@ -358,7 +369,7 @@ def newton(
     def to_numpy(t: torch.Tensor) -> np.ndarray:
         return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
-    def search(x, f, g, d: np.ndarray, slope: float, curvature: float):
+    def search(x, f, g, d: np.ndarray, slope: float, curvature: float, full_only: bool = False):
         """Backtrack x + t d; the model decrease is t·slope + t²·curvature/2 (both ≤ 0)."""
         step = torch.as_tensor(d, dtype=x.dtype, device=x.device)
         # The loss of a sum with cancellation (an unscaled design: terms of 1e8 summing to 1e4)
@@ -380,6 +391,11 @@ def newton(
                     and _relative_gradient(x_new, f_new, g_new) <= 0.5 * _relative_gradient(x, f, g)
                 ):
                     return x_new, f_new, g_new
+                if full_only and t == 1.0 and f_new <= f + flat_band:
+                    if _relative_gradient(x_new, f_new, g_new) <= _relative_gradient(x, f, g):
+                        return x_new, f_new, g_new
+            if full_only:
+                return None
             t *= 0.5
         return None
 
@@ -388,19 +404,48 @@ def newton(
     if g is None:
         raise ValueError(f"newton: the loss or gradient at x0 is not finite (loss {f}); start where both are finite.")
 
+    def decrement(fac: _Factor, g: torch.Tensor) -> float:
+        g64 = to_numpy(g)
+        d = fac.newton_direction(g64)
+        return abs(float(g64 @ d)) if np.isfinite(d).all() else math.inf
+
+    def score(fac: _Factor | None, g: torch.Tensor) -> float:
+        if fac is None or g.numel() == 0:
+            return math.nan
+        curvature = np.sqrt(np.maximum(np.abs(np.diag(fac.h)), np.finfo(np.float64).tiny))
+        return float(np.max(np.abs(to_numpy(g)) / curvature))
+
     def result(ok: bool, message: str, fac: _Factor | None) -> NewtonResult:
         condition, smallest = fac.diagnostics() if fac is not None else (math.nan, math.nan)
-        return NewtonResult(x, f, g, steps, ok, message, condition, smallest)
+        return NewtonResult(x, f, g, steps, ok, message, condition, smallest, score(fac, g))
 
     steps = 0
     while True:
         fac = factor(x)
         if fac is None:
             return result(False, f"the Hessian is not finite at step {steps}", None)
+        # The caller's test is about sizes (loss, parameters). The Newton decrement g'H^-1 g,
+        # the decrease the quadratic model still promises, is affine invariant: far from the
+        # optimum it is a large part of the loss whatever the units (responses of 1e9 with a
+        # unit scale: 100 % with a relative gradient of 1e-9), at it only rounding (1e-23 of
+        # the loss on Longley).
         passed = bool(converged(x, f, g))
+        if passed and max_decrement is not None:
+            passed = decrement(fac, g) <= max_decrement * max(abs(f), 1.0)
         g64 = to_numpy(g)
         downhill = fac.negative_curvature(g64)
+        if passed and downhill is None and steps >= min_steps:
+            return result(True, f"converged after {steps} steps: the convergence test holds", fac)
         if passed and downhill is None:
+            # a finish's first step even where the test already holds: from a point within the
+            # tolerances of a first-order method, one full Newton step removes what remains
+            # (all of it for a quadratic); kept only if it does not make things worse
+            d = fac.newton_direction(g64)
+            refined = search(x, f, g, d, float(g64 @ d), 0.0, full_only=True) if np.isfinite(d).all() else None
+            if refined is not None:
+                x, f, g = refined
+                steps += 1
+                continue
             return result(True, f"converged after {steps} steps: the convergence test holds", fac)
         if steps >= max_steps:
             why = "the point is a saddle" if passed else "the convergence test does not hold"
