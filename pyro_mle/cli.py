@@ -74,7 +74,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             mf.model, x, y, method=args.method, optimizer=args.optimizer, seed=args.seed, progress=args.progress
         )
     except FitInterrupted as e:  # Ctrl-C: report and keep what the fit reached, exit as a shell does
-        print(f"pyro-mle: interrupted: {e.fit.message}", file=sys.stderr)
+        print(f"pyro-mle: {e.fit.message}", file=sys.stderr)
         _report_fit(args, mf, len(x), e.fit)
         return 130
     _report_fit(args, mf, len(x), result)

@@ -33,6 +33,8 @@ from torch.distributions import constraints
 #: 1e±10, far outside any scale a float fit resolves next to values of order one.
 EDGE = 23.0
 _GUIDE_PREFIX = "AutoDelta."
+#: A separating direction must raise the row-normalised margins by more than this per row.
+_LP_THRESHOLD = 1e-6
 
 
 def display_name(store_name: str) -> str:
@@ -149,28 +151,64 @@ def separation(trace_fn: Callable[[], Any], params: list[torch.Tensor], max_size
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or not site["is_observed"]:
                 continue
-            fn = site["fn"]
-            while isinstance(fn, (torch.distributions.Independent,)) or hasattr(fn, "base_dist"):
-                fn = fn.base_dist
-            if isinstance(fn, torch.distributions.Bernoulli):
-                y = site["value"].detach()
-                margins = (2.0 * y - 1.0) * torch.broadcast_to(fn.logits, y.shape)
-            elif isinstance(fn, torch.distributions.Categorical):
-                y = site["value"].detach().long()
-                logits = fn.logits.reshape(-1, fn.logits.shape[-1])
-                y = torch.broadcast_to(y, fn.logits.shape[:-1]).reshape(-1)
-                own = logits.gather(-1, y[:, None])
-                others = torch.ones_like(logits, dtype=torch.bool).scatter(-1, y[:, None], False)
-                margins = (own - logits)[others]
-            else:
+            margins = _margins(site)
+            if margins is None:
                 continue
-            margins = margins.reshape(-1)
+            margins, weights = margins
             size = margins.numel() * sum(p.numel() for p in params)
             if not margins.requires_grad or size > max_size or margins.numel() == 0:
                 continue
-            if _separating_direction(_jacobian(margins, params)):
+            jac = _jacobian(margins, params)
+            if not _certified_apart(jac, weights) and _separating_direction(jac):
                 found.append(name)
     return found
+
+
+def _margins(site: Any) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The margins of an observed Bernoulli or Categorical site (rows its mask keeps), and the
+    weight of each in the gradient of the cross-entropy: σ(−m) for a Bernoulli, the class's
+    probability for a Categorical (−∂CE/∂m)."""
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    mask = site["mask"]
+    if isinstance(fn, torch.distributions.Bernoulli):
+        y = site["value"].detach()
+        margins = (2.0 * y - 1.0) * torch.broadcast_to(fn.logits, y.shape)
+        keep = torch.ones_like(margins, dtype=torch.bool) if mask is None else torch.broadcast_to(mask, y.shape)
+        margins = margins[keep]
+        weights = scipy.special.expit(-margins.detach().to(torch.float64).cpu().numpy())
+    elif isinstance(fn, torch.distributions.Categorical):
+        logits = fn.logits
+        y = torch.broadcast_to(site["value"].detach().long(), logits.shape[:-1])
+        keep = torch.ones_like(y, dtype=torch.bool) if mask is None else torch.broadcast_to(mask, y.shape)
+        logits, y = logits[keep], y[keep]
+        own = logits.gather(-1, y[:, None])
+        others = torch.ones_like(logits, dtype=torch.bool).scatter(-1, y[:, None], False)
+        margins = (own - logits)[others]
+        weights = torch.softmax(logits.detach().to(torch.float64), -1)[others].cpu().numpy()
+    else:
+        return None
+    return margins.reshape(-1), weights.reshape(-1)
+
+
+def _certified_apart(jac: np.ndarray, weights: np.ndarray) -> bool:
+    """A cheap proof that no separating direction exists (so the LP need not run).
+
+    Stiemke's alternative: either some d has J d ≥ 0 with J d ≠ 0, or some λ > 0 has Jᵀλ = 0. At
+    a stationary point of the cross-entropy the gradient is −Jᵀλ with λ the weights of
+    :func:`_margins`, all positive, so for any feasible d of the (row-normalised) LP,
+    Σ_i (J'd)_i ≤ ‖Jᵀλ‖₁ / min_i λ'_i. When that bound is below the LP's threshold the
+    answer is known. It fails where some rows are predicted with near certainty, which
+    separation forces; there the LP decides."""
+    scale = np.abs(jac).max(axis=1)
+    keep = scale > 0
+    if not keep.any():
+        return True
+    lam = weights[keep] * scale[keep]
+    residual = np.abs(jac[keep].T @ weights[keep]).sum()
+    smallest = lam.min()
+    return bool(smallest > 0 and residual / smallest <= _LP_THRESHOLD * keep.sum())
 
 
 def _only_classification(trace: Any) -> bool:
@@ -191,11 +229,32 @@ def _only_classification(trace: Any) -> bool:
 
 
 def _jacobian(outputs: torch.Tensor, params: list[torch.Tensor]) -> np.ndarray:
-    rows = []
-    for i in range(outputs.numel()):
-        grads = torch.autograd.grad(outputs[i], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]))
-    return torch.stack(rows).detach().to(device="cpu", dtype=torch.float64).numpy()
+    """∂outputs/∂params as an (M, n) float64 array: by rows (one backward pass per output) when
+    there are fewer outputs than parameters, else by columns, each a Jacobian-vector product
+    through the double-backward trick (J v = ∂(uᵀJ v)/∂u, with uᵀJ from one backward pass that
+    keeps its graph): n passes for M rows, the cheap way for many data and few parameters."""
+
+    def flat(grads: tuple, like: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(like, grads)])
+
+    m = outputs.numel()
+    n = sum(p.numel() for p in params)
+    if m <= n:
+        rows = [
+            flat(torch.autograd.grad(outputs[i], params, retain_graph=True, allow_unused=True), params)
+            for i in range(m)
+        ]
+        return torch.stack(rows).detach().to(device="cpu", dtype=torch.float64).numpy()
+    u = torch.zeros(m, dtype=outputs.dtype, device=outputs.device, requires_grad=True)
+    vjp = flat(torch.autograd.grad(outputs, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
+    columns = []
+    for j in range(n):
+        if vjp[j].requires_grad:
+            (column,) = torch.autograd.grad(vjp[j], u, retain_graph=True, allow_unused=True)
+        else:
+            column = None
+        columns.append(torch.zeros(m, dtype=outputs.dtype, device=outputs.device) if column is None else column)
+    return torch.stack(columns, dim=1).detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
 def _separating_direction(jac: np.ndarray) -> bool:
@@ -212,7 +271,7 @@ def _separating_direction(jac: np.ndarray) -> bool:
         bounds=[(-1.0, 1.0)] * jac.shape[1],
         method="highs",
     )
-    return bool(result.status == 0 and -result.fun > 1e-6 * len(jac))
+    return bool(result.status == 0 and -result.fun > _LP_THRESHOLD * len(jac))
 
 
 def no_optimum_message(method: str, edge: list[str], ray: bool, observed_discrete: bool) -> str:

@@ -71,7 +71,6 @@ def likelihood_only(fn=None):
     return msngr(fn) if fn is not None else msngr
 
 
-
 class _FixParams(Messenger):
     """Every ``pyro.param`` named in ``values`` returns that value (full param-store names,
     unlike ``poutine.substitute``, which strips the ``pyro.module`` prefix)."""

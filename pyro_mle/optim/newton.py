@@ -420,16 +420,25 @@ def newton(
         return NewtonResult(x, f, g, steps, ok, message, condition, smallest, score(fac, g))
 
     steps = 0
+    previous: _Factor | None = None
     while True:
+        caller_passed = bool(converged(x, f, g))
+        if previous is not None and caller_passed and max_decrement is not None and steps >= min_steps:
+            # After a step, first judge the new point with the Hessian of the point before:
+            # near the optimum it has hardly changed, and a Hessian costs one backward pass per
+            # parameter. A new one is built only if that judgement fails.
+            if decrement(previous, g) <= max_decrement * max(abs(f), 1.0):
+                return result(True, f"converged after {steps} steps: the convergence test holds", previous)
         fac = factor(x)
         if fac is None:
             return result(False, f"the Hessian is not finite at step {steps}", None)
+        previous = fac
         # The caller's test is about sizes (loss, parameters). The Newton decrement g'H^-1 g,
         # the decrease the quadratic model still promises, is affine invariant: far from the
         # optimum it is a large part of the loss whatever the units (responses of 1e9 with a
         # unit scale: 100 % with a relative gradient of 1e-9), at it only rounding (1e-23 of
         # the loss on Longley).
-        passed = bool(converged(x, f, g))
+        passed = caller_passed
         if passed and max_decrement is not None:
             passed = decrement(fac, g) <= max_decrement * max(abs(f), 1.0)
         g64 = to_numpy(g)
