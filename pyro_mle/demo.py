@@ -194,8 +194,9 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
 
 
 def _shelf(seed: int, quick: bool) -> list[dict]:
-    from .fit import ConvergenceWarning, fit
+    from .fit import fit
     from .model_files import builtin_models, load_model_file
+    from .results import ConvergenceWarning
 
     rows, report = [], []
     for name in builtin_models():

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import pyro_mle
+from pyro_mle import ConvergenceWarning
 from pyro_mle import distributed as pmd
 from pyro_mle import likelihoods as L
-from pyro_mle.fit import ConvergenceWarning
 
 F64 = torch.float64
 NUM_ROWS = 1001

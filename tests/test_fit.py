@@ -22,8 +22,8 @@ from pyro.nn import PyroModule, PyroParam
 from scipy import optimize, stats
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from pyro_mle import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
 from pyro_mle import likelihoods as L
-from pyro_mle.fit import ConvergenceWarning, Fit, FitDivergedError, Prediction, fit, load
 from pyro_mle.handlers import likelihood_only
 
 F64 = torch.float64
