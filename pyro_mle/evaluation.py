@@ -106,8 +106,12 @@ class Evaluator:
             loss, trace = self._forward()
         except (ValueError, RuntimeError) as e:
             error = e
-        # an error at finite parameters is a bug in the program, not a step too long
-        fatal = error is not None and (step == 0 or all(bool(torch.isfinite(p).all()) for p in self.params))
+        # An error at an accepted point with finite parameters is a bug in the program; at a
+        # line-search trial point it is a step too long (a covariance that is no longer positive
+        # definite), as a non-finite loss is.
+        fatal = (
+            error is not None and not probe and (step == 0 or all(bool(torch.isfinite(p).all()) for p in self.params))
+        )
         if fatal and self.collective is None:
             raise error
         value = math.nan if loss is None else float(loss.detach())
@@ -115,9 +119,11 @@ class Evaluator:
             loss.backward()
         failed = error is not None
         if self.collective is not None:
-            value, failed = self.reduce(value, failed)
+            value, failed, any_fatal = self.reduce(value, failed, fatal=fatal)
             if fatal:
                 raise error
+            if any_fatal:  # every process stops together, none waits in the next all-reduce
+                raise RuntimeError("fit_distributed: the program raised an error in another process (see its output)")
             if failed and error is None:
                 error = RuntimeError("the program raised an error in another process (see its output)")
         if failed:
@@ -140,22 +146,22 @@ class Evaluator:
             return torch.tensor(value, dtype=self.params[0].dtype)
         return loss.detach()
 
-    def reduce(self, value: float, failed: bool, grads: bool = True) -> tuple[float, bool]:
+    def reduce(self, value: float, failed: bool, grads: bool = True, fatal: bool = False) -> tuple[float, bool, bool]:
         """Weighted sums over the processes of the loss (and the gradients, written back to
-        ``.grad``), in one all-reduce; whether any process failed."""
+        ``.grad``), in one all-reduce; whether any process failed, and whether any failed fatally."""
         head = torch.tensor(
-            [math.nan if failed else value * self.weight, float(failed)],
+            [math.nan if failed else value * self.weight, float(failed), float(fatal)],
             dtype=torch.float64,
             device=self.params[0].device,
         )
         flat = torch.cat([head, self.objective.flat_grad().to(torch.float64) * self.weight]) if grads else head
         self.collective.sum_(flat)
         if grads:
-            offset = 2
+            offset = 3
             for p in self.params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
-        return float(flat[0]), bool(flat[1] > 0)
+        return float(flat[0]), bool(flat[1] > 0), bool(flat[2] > 0)
 
     def current_loss(self) -> tuple[float, Trace | None]:
         """The objective at the current parameters, without gradients (summed over processes)."""

@@ -86,23 +86,58 @@ def zero_gradient(params: list[torch.Tensor]) -> list[bool]:
     return [p.grad is None or not bool(p.grad.any()) for p in params]
 
 
-def at_edge(names: tuple[str, ...], params: list[torch.Tensor]) -> list[str]:
-    """Constrained parameters whose unconstrained value lies beyond ±:data:`EDGE`:
-    ``"tau = 4.1e-17"`` (a positive scale run to 0) and the like."""
+#: Constraints whose bijection squashes the real line onto a bounded side (exp, sigmoid):
+#: an unconstrained value beyond ±EDGE is a value pressed against that boundary. Others
+#: (a Cholesky factor's off-diagonal, an ordered vector) have no such edge.
+_BOUNDED = (
+    constraints.positive,
+    constraints.greater_than,
+    constraints.greater_than_eq,
+    constraints.less_than,
+    constraints.interval,
+    constraints.half_open_interval,
+    constraints.unit_interval,
+)
+_BOUNDED_TYPES = tuple(c if isinstance(c, type) else type(c) for c in _BOUNDED)
+
+
+def at_edge(
+    names: tuple[str, ...],
+    params: list[torch.Tensor],
+    value: Callable[[torch.Tensor], float] | None = None,
+    loss: float = math.nan,
+) -> list[str]:
+    """Constrained parameters whose unconstrained value lies beyond ±:data:`EDGE` (``"tau =
+    4.1e-17"``: a positive scale run to 0) and, when ``value`` (the loss at a flat vector) is
+    given, where one more unit outwards does not raise the loss: a large variance that is the
+    optimum (house prices in dollars: 4e10) is not an edge."""
     store = pyro.get_param_store()
     found = []
+    offset = 0
+    flat = torch.cat([p.detach().reshape(-1) for p in params]) if params else torch.zeros(0)
     for name, p in zip(names, params):
+        start, offset = offset, offset + p.numel()
         constraint = getattr(store, "_constraints", {}).get(name, constraints.real)
         while isinstance(constraint, constraints.independent):
             constraint = constraint.base_constraint
-        if isinstance(constraint, type(constraints.real)) or p.numel() == 0:
+        bounded = isinstance(constraint, _BOUNDED_TYPES)
+        if not bounded or p.numel() == 0:
             continue
-        far = p.detach().abs() > EDGE
-        if bool(far.any()):
-            value = store[name].detach()
-            flat = value.reshape(-1)[far.reshape(-1)] if value.shape == p.shape else value.reshape(-1)
-            shown = ", ".join(f"{float(v):.3g}" for v in flat[:3])
-            found.append(f"{display_name(name)!r} = {shown}")
+        far = p.detach().reshape(-1).abs() > EDGE
+        if not bool(far.any()):
+            continue
+        if value is not None and math.isfinite(loss):
+            outward = flat.clone()
+            outward[start:offset] += torch.where(
+                far, torch.sign(flat[start:offset]), torch.zeros_like(far, dtype=flat.dtype)
+            )
+            slack = 16 * torch.finfo(flat.dtype).eps * max(abs(loss), 1.0)
+            if value(outward) > loss + slack:
+                continue  # the loss rises beyond it: a minimum, however far out
+        constrained = store[name].detach().reshape(-1)
+        shown_values = constrained[far] if constrained.numel() == far.numel() else constrained
+        shown = ", ".join(f"{float(v):.3g}" for v in shown_values[:3])
+        found.append(f"{display_name(name)!r} = {shown}")
     return found
 
 

@@ -312,9 +312,9 @@ def _fit(
             with pyro.validation_enabled(False), validation(False):
                 # Checks ran once in _inspect; inside the loop they would only slow every
                 # evaluation, and invalid parameters show up as a non-finite loss instead.
-                zero_at_start = check_reaches_loss(obj, method, caller)
+                zero_at_start = check_reaches_loss(obj, method, caller, collective)
                 if init_loc_fn is None and break_symmetry(obj, zero_at_start, collective):
-                    zero_at_start = check_reaches_loss(obj, method, caller)
+                    zero_at_start = check_reaches_loss(obj, method, caller, collective)
                 outcome = Solver(obj, ev, settings, structure, collective, bar).run()
                 outcome.warn_zero_gradients(zero_at_start)
         except Diverged as d:
@@ -322,7 +322,10 @@ def _fit(
             result = make(False, d.message)
             starts.finish()
             raise FitDivergedError(d.message, result, d.step, d.sites) from d.cause
-        except KeyboardInterrupt:
+        except BaseException as error:
+            if not isinstance(error, KeyboardInterrupt):
+                starts.abandon()  # an error of the program: no estimate, the tensors as they were
+                raise
             ev.restore(ev.good)
             step = max(len(ev.losses) - 1, 0)
             message = (

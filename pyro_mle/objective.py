@@ -18,9 +18,12 @@ Usage::
 
     with pyro.get_param_store().scope():
         obj = pyro_mle.objective(model, x, y)
-        x0 = obj.flat()
-        value, grad = obj.value_and_grad(x0)
-        scipy.optimize.minimize(lambda v: tuple(map(..)), ...)
+
+        def fun(v):
+            value, grad = obj.value_and_grad(torch.as_tensor(v, dtype=torch.float64))
+            return float(value), grad.numpy()
+
+        result = scipy.optimize.minimize(fun, obj.flat().numpy(), jac=True, method="BFGS")
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable |
     would fail validation where the fit itself would start fine.
     """
     init = InitMessenger(init_loc_fn or init_to_centre)
-    with pyro.validation_enabled(True), validation(True), _PlateIndices(), init:
+    with pyro.validation_enabled(True), validation(True), _PlateIndices(), init, _CopyInitialValues():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     order, latent, params, observed = [], [], [], []
     subsample: dict[str, tuple[int, int, Any]] = {}
@@ -333,6 +336,21 @@ class _PlateIndices(Messenger):
             msg["value"] = torch.randint(fn.size, (fn.subsample_size,), device=fn.device).sort().values
 
 
+class _CopyInitialValues(Messenger):
+    """A ``pyro.param`` created here stores a copy of its initial tensor: Pyro keeps the tensor
+    itself (for a real parameter), and the fit would then overwrite the caller's array in place.
+    Module weights (``pyro.module``, ``nn.Parameter``) are left alone: they are trained in place
+    by design."""
+
+    def _pyro_param(self, msg: Message) -> None:
+        args = msg["args"]
+        if len(args) < 2 or "$$$" in str(args[0]) or str(args[0]) in pyro.get_param_store():
+            return
+        value = args[1]
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+            msg["args"] = (args[0], value.detach().clone()) + tuple(args[2:])
+
+
 class _ScaleObserved(Messenger):
     """Multiplies the log-density of every observed site by ``factor`` (latent sites, their
     priors, are left alone): a process that holds a share ``w`` of the data scales its
@@ -516,8 +534,17 @@ class PointObjective:
         target = fitted if fitted is not None else model
         self._objective = _Objective(likelihood_only(target) if method == "mle" else target, guide, args, kwargs)
         store = pyro.get_param_store()
-        self._objective()  # creates every parameter, the guide's point masses included
-        named = list(store.named_parameters())
+        _, trace = self._objective()  # creates every parameter, the guide's point masses included
+        # the program's own params and the guide's point masses, not whatever else the global
+        # store holds (a param left there by other code is not a parameter of this objective)
+        used = {name for name, site in trace.nodes.items() if site["type"] == "param"}
+        if guide is not None:
+            used |= {
+                name
+                for name, site in poutine.trace(guide).get_trace(*args, **kwargs).nodes.items()
+                if site["type"] == "param"
+            }
+        named = [(n, p) for n, p in store.named_parameters() if n in used]
         self.names = tuple(n for n, _ in named)
         self.params = [p for _, p in named]
 

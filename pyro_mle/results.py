@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -16,6 +17,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_factor
 
+from ._rng import rng_scope
 from ._validation import first_line as _first_line
 from .handlers import _FixParams
 
@@ -118,8 +120,9 @@ class Fit:
         with its constants (least squares: :math:`\sum(y-\mu)^2/2\sigma^2+N\log\sigma\sqrt{2\pi}`).
       * ``method``, ``optimizer``: what was run (``"mle"``/``"map"``, ``"lbfgs"``/``"adam"``).
       * ``num_steps``: optimizer updates taken.
-      * ``grad_norm``: largest entry of the gradient of the objective per observed data point,
-        at the end (for Adam, of the gradient averaged over the last window of steps).
+      * ``grad_norm``: the stopping rule's relative gradient at the end,
+        :math:`\max_i |g_i|\max(|x_i|,1)/\max(|f|,N)` over the unconstrained parameters (for a
+        subsampled Adam fit, of the full-data objective).
       * ``message``: why the fit stopped, in words.
       * ``latent``: names in ``params`` that are latent sample sites (the rest are params).
       * ``observed``: names of the observed sites.
@@ -187,7 +190,8 @@ class Fit:
 
         :param int num_samples: draws per site.
         :param callable model: the program that was fitted; needed after :func:`load`.
-        :param int seed: seed for the draws (default: the global random state).
+        :param int seed: seed for the draws (default: the global random state); the caller's
+            generators are left as they were.
         """
         model = model if model is not None else self.model
         if model is None:
@@ -198,8 +202,10 @@ class Fit:
             )
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"Fit.predict: num_samples must be a positive integer; got {num_samples!r}.")
-        if seed is not None:
-            pyro.set_rng_seed(seed)
+        with rng_scope(seed) if seed is not None else contextlib.nullcontext():
+            return self._predict(model, args, kwargs, num_samples)
+
+    def _predict(self, model: Callable[..., Any], args: tuple, kwargs: dict, num_samples: int) -> Prediction:
         latent = {k: self.params[k] for k in self.latent}
         fixed = {k: v for k, v in self.params.items() if k not in latent}
         with pyro.get_param_store().scope(), torch.no_grad():

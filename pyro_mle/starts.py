@@ -21,25 +21,43 @@ from .objective import PointObjective
 from .results import UnusedParameterError
 
 
-def check_reaches_loss(obj: PointObjective, method: str, caller: str) -> list[bool]:
+def check_reaches_loss(
+    obj: PointObjective, method: str, caller: str, collective: Collective | None = None
+) -> list[bool]:
     """Raise :class:`UnusedParameterError` for parameters with no gradient path to the loss;
-    return, per parameter, whether its gradient at the start is exactly zero."""
+    return, per parameter, whether its gradient at the start is exactly zero. In a data-parallel
+    fit both are decided over all processes (a parameter may be unused in one shard only), so
+    every process takes the same decision."""
     try:
         loss, _ = obj()
+        failed = False
     except (ValueError, RuntimeError):
-        return [False] * len(obj.params)  # the run reports a program that cannot be evaluated
-    if loss.requires_grad:
+        failed = True  # the run reports a program that cannot be evaluated
+    if failed:
+        grads: tuple = (None,) * len(obj.params)
+    elif loss.requires_grad:
         grads = torch.autograd.grad(loss, obj.params, allow_unused=True)
     else:
         grads = (None,) * len(obj.params)
-    missing = [n for n, g in zip(obj.names, grads) if g is None]
-    if missing:
-        names = tuple(existence.display_name(n) for n in missing)
-        message = existence.unused_message(missing, method, obj.structure.latent).replace(
+    missing = [g is None for g in grads]
+    nonzero = [g is not None and bool(g.any()) for g in grads]
+    if collective is not None:
+        flags = torch.tensor([float(failed)] + [float(not m) for m in missing] + [float(z) for z in nonzero])
+        collective.sum_(flags)
+        failed = bool(flags[0] > 0)
+        k = len(obj.params)
+        missing = [bool(f == 0) for f in flags[1 : 1 + k]]
+        nonzero = [bool(f > 0) for f in flags[1 + k :]]
+    if failed:
+        return [False] * len(obj.params)
+    unused = [n for n, m in zip(obj.names, missing) if m]
+    if unused:
+        names = tuple(existence.display_name(n) for n in unused)
+        message = existence.unused_message(unused, method, obj.structure.latent).replace(
             "fit(model)", f"{caller}(model)"
         )
         raise UnusedParameterError(message, names)
-    return [not bool(g.any()) for g in grads]
+    return [not z for z in nonzero]
 
 
 def break_symmetry(obj: PointObjective, zero: list[bool], collective: Collective | None) -> bool:
@@ -53,6 +71,8 @@ def break_symmetry(obj: PointObjective, zero: list[bool], collective: Collective
     ``pyro.param`` values) are never moved.
     """
     moved = False
+    # (every process of a data-parallel fit has the same flags and the same seeded stream for
+    # this draw; process 0's values are broadcast anyway)
     with torch.no_grad():
         for name, p, z in zip(obj.names, obj.params, zero):
             if z and name.startswith("AutoDelta."):
@@ -79,6 +99,8 @@ class ModuleStarts:
 
     def begin(self, params: list[torch.Tensor]) -> StartsOfFit:
         starts = []
+        before = [p.detach().clone() for p in params]
+        grads = [p.grad for p in params]
         with torch.no_grad():
             for p in params:
                 entry = self._entries.get(id(p))
@@ -87,14 +109,32 @@ class ModuleStarts:
                     starts.append(entry[1])
                 else:
                     starts.append(p.detach().clone())
-        return StartsOfFit(self, params, starts)
+        return StartsOfFit(self, params, starts, before, grads)
 
 
 @dataclass
 class StartsOfFit:
+    """The starts of one fit's tensors, and their values and ``.grad`` before it, so that a fit
+    that ends without a result (an error in the program) leaves them as it found them."""
+
     registry: ModuleStarts
     params: list[torch.Tensor]
     starts: list[torch.Tensor]
+    before: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
+
+    def abandon(self) -> None:
+        """Put every tensor back as it was before the fit (no estimate was made)."""
+        with torch.no_grad():
+            for p, value in zip(self.params, self.before):
+                p.copy_(value)
+        self.release_grads()
+
+    def release_grads(self) -> None:
+        """Give each tensor back the ``.grad`` it had before the fit (usually none): the fit's
+        last gradient must not add into the caller's next ``backward()``."""
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
 
     def finish(self) -> None:
         """Remember the estimate left in each tensor (only tensors that outlive the fit's scope
@@ -108,6 +148,7 @@ class StartsOfFit:
                     del entries[key]
 
             entries[key] = (weakref.ref(p, forget), start, p.detach().clone())
+        self.release_grads()
 
 
 #: The registry every fit uses.
