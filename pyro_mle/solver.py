@@ -225,16 +225,14 @@ class Solver:
         # that settles it, its point is judged by the caller's own gradient tolerance.
         converged = result.converged and result.grad_norm <= s.gtol
         message, steps = result.message, result.num_steps
-        if result.converged and not converged:
-            message = (
-                f"L-BFGS reached relative gradient {result.grad_norm:.2g}, short of gtol {s.gtol:g}, and the Newton "
-                "finish did not settle it."
-            )
         if result.rejected:
             message += (
                 f" {result.rejected} line-search trial point(s) had a non-finite loss and were treated as too "
                 "long a step."
             )
+        base = message
+        if result.converged and not converged:
+            message += f" That relative gradient is short of gtol {s.gtol:g}, and no Newton finish settled it."
         newton_run = None
         # The finish runs after L-BFGS converged or stalled, not when it spent num_steps: that
         # budget is the caller's.
@@ -249,7 +247,7 @@ class Solver:
                 steps += newton_run.num_steps
                 if newton_run.num_steps or newton_run.converged or not converged:
                     converged = newton_run.converged
-                    message = f"{result.message} Newton finish: {newton_run.message}"
+                    message = f"{base} Newton finish: {newton_run.message}"
         # the gradient at the estimate (left in .grad by the last evaluation), for the record and
         # the zero-gradient check
         loss = ev.losses[-1]
