@@ -26,6 +26,7 @@ The same fit by hand, with Pyro's own blocks::
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import warnings
 from collections.abc import Callable
@@ -239,7 +240,7 @@ def _fit(
     for name, value in (("lr", lr), ("rtol", rtol), ("gtol", gtol)):
         if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
             raise ValueError(f"{caller}(model): {name} must be a positive number; got {value!r}.")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
         raise ValueError(f"{caller}(model): seed must be a non-negative integer or None; got {seed!r}.")
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())

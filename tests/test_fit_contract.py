@@ -181,3 +181,23 @@ def test_objective_takes_only_its_own_parameters():
         pyro.param("left_over", torch.zeros(1000))
         obj = pyro_mle.objective(model, x, y)
         assert obj.names == ("w",) and obj.flat().shape == (2,)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_a_bad_seed_is_refused_by_name(seed):
+    x = torch.zeros(3, 1, dtype=F64)
+
+    def model(x, y=None):
+        w = pyro.param("w", torch.zeros(1, dtype=F64))
+        pyro_mle.likelihoods.Normal(scale=1.0)("y", x @ w, obs=y)
+
+    with pytest.raises(ValueError, match="seed must be a non-negative integer or None"):
+        pyro_mle.fit(model, x, torch.zeros(3, dtype=F64), seed=seed)
+
+
+def test_objective_refuses_an_unknown_method():
+    def model(y=None):
+        pyro.sample("y", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"method must be one of \['mle', 'map'\]; got 'ml'"):
+        pyro_mle.objective(model, torch.tensor(1.0), method="ml")
