@@ -29,6 +29,8 @@ import scipy.optimize
 import torch
 from torch.distributions import constraints
 
+from .optim.vectors import flatten
+
 #: An unconstrained coordinate beyond this has run to the edge of its support: exp(±23) is
 #: 1e±10, far outside any scale a float fit resolves next to values of order one.
 EDGE = 23.0
@@ -269,19 +271,16 @@ def _jacobian(outputs: torch.Tensor, params: list[torch.Tensor]) -> np.ndarray:
     through the double-backward trick (J v = ∂(uᵀJ v)/∂u, with uᵀJ from one backward pass that
     keeps its graph): n passes for M rows, the cheap way for many data and few parameters."""
 
-    def flat(grads: tuple, like: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(like, grads)])
-
     m = outputs.numel()
     n = sum(p.numel() for p in params)
     if m <= n:
         rows = [
-            flat(torch.autograd.grad(outputs[i], params, retain_graph=True, allow_unused=True), params)
+            flatten(torch.autograd.grad(outputs[i], params, retain_graph=True, allow_unused=True), params)
             for i in range(m)
         ]
         return torch.stack(rows).detach().to(device="cpu", dtype=torch.float64).numpy()
     u = torch.zeros(m, dtype=outputs.dtype, device=outputs.device, requires_grad=True)
-    vjp = flat(torch.autograd.grad(outputs, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
+    vjp = flatten(torch.autograd.grad(outputs, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
     columns = []
     for j in range(n):
         if vjp[j].requires_grad:

@@ -113,6 +113,7 @@ from .objective import PointObjective
 from .optim.lbfgs import lbfgs
 from .optim.newton import newton
 from .optim.stopping import relative_change
+from .optim.vectors import flatten
 
 __all__ = ["NonsmoothResult", "nonsmooth_sites", "solve"]
 
@@ -317,10 +318,6 @@ class _Lagrangian(_Penalise):
 
 
 # ----------------------------------------------------------------------------- evaluations
-def _flatten(grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
-
-
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
@@ -344,7 +341,7 @@ class _Point:
         if not which or not self.r.requires_grad:
             return torch.zeros(len(which), self.x.numel(), dtype=self.x.dtype, device=self.x.device)
         rows = [
-            _flatten(torch.autograd.grad(self.r[i], self.params, retain_graph=True, allow_unused=True), self.params)
+            flatten(torch.autograd.grad(self.r[i], self.params, retain_graph=True, allow_unused=True), self.params)
             for i in which
         ]
         return torch.stack(rows).detach()
@@ -468,7 +465,7 @@ class _Problem:
         grads = torch.autograd.grad(
             loss, list(obj.params) + [handler.leaves[n] for n in names], retain_graph=True, allow_unused=True
         )
-        g = _flatten(grads[: len(obj.params)], obj.params).detach()
+        g = flatten(grads[: len(obj.params)], obj.params).detach()
         weight = {n: torch.zeros(s, dtype=x.dtype, device=x.device) for n, s in self.shapes.items()}
         for name, lg in zip(names, grads[len(obj.params) :]):
             if lg is not None:
@@ -487,7 +484,7 @@ class _Problem:
             r = torch.cat([handler.residuals[n].reshape(-1) for n in self.shapes])
             u = torch.zeros_like(r, requires_grad=True)
             params = list(self.obj.params)
-            vjp = _flatten(torch.autograd.grad(r, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
+            vjp = flatten(torch.autograd.grad(r, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
             if not vjp.requires_grad:
                 return torch.zeros_like(r).detach()
             (out,) = torch.autograd.grad(vjp @ d, u, allow_unused=True)

@@ -53,6 +53,7 @@ from torch.distributions import biject_to
 
 from ._validation import check_finite, validation
 from .handlers import likelihood_only
+from .optim.vectors import flat_grad, flatten
 
 METHODS = ("mle", "map")
 
@@ -458,10 +459,10 @@ def _sweep(  # noqa: C901 - one loop over chunks and sites, kept together for th
                     h = _dense_hessian(-chunk_total, params)
                     total_h = h if total_h is None else total_h + h
                 if grad and chunk_total.requires_grad:
-                    before = _grads(params) if information is not None else None
+                    before = flat_grad(params) if information is not None else None
                     (-chunk_total).backward()
                     if before is not None:
-                        c = _grads(params) - before
+                        c = flat_grad(params) - before
                         moments = (
                             [1, c, c * c] if moments is None else [moments[0] + 1, moments[1] + c, moments[2] + c * c]
                         )
@@ -477,10 +478,6 @@ def _sweep(  # noqa: C901 - one loop over chunks and sites, kept together for th
             variance = (s2 - s1 * s1 / k).clamp(min=0.0) / (k - 1)
             information.append(k * variance)
     return -total
-
-
-def _grads(params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
 
 
 def _full_data_nll(model: Callable, guide: Callable | None, args: tuple, kwargs: dict, structure: _Structure) -> float:
@@ -572,7 +569,7 @@ class PointObjective:
 
     def flat_grad(self) -> torch.Tensor:
         """The parameters' ``.grad`` as one flat vector (zeros where there is none)."""
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        return flat_grad(self.params)
 
     def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The objective and its gradient at the flat vector ``x`` (the parameters keep ``x``)."""
@@ -581,7 +578,7 @@ class PointObjective:
             p.grad = None
         loss, _ = self._objective()
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        return loss.detach(), _flatten(grads, self.params)
+        return loss.detach(), flatten(grads, self.params)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
         """The dense Hessian at ``x`` from autograd (one Hessian-vector product per parameter)."""
@@ -624,7 +621,7 @@ def _dense_hessian(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tens
     """The Hessian of ``loss`` in ``params``: one Hessian-vector product per parameter, measured
     faster than one vectorised backward pass (``is_grads_batched``) over the rows of an identity
     for data of 1e4 to 1e5 rows."""
-    g = _flatten(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
+    g = flatten(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
     n = g.numel()
     if not g.requires_grad:  # the objective is linear in every parameter
         return torch.zeros(n, n, dtype=g.dtype, device=g.device)
@@ -634,14 +631,9 @@ def _dense_hessian(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tens
             rows.append(torch.zeros(n, dtype=g.dtype, device=g.device))
             continue
         row = torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True)
-        rows.append(_flatten(row, params))
+        rows.append(flatten(row, params))
     h = torch.stack(rows).detach()
     return 0.5 * (h + h.T)
-
-
-def _flatten(grads: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
-    """One flat vector of per-parameter gradients; a parameter without one counts zero."""
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
 
 def objective(

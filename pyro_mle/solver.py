@@ -24,10 +24,11 @@ from . import existence, nonsmooth
 from .evaluation import Collective, Evaluator, TraceMismatch
 from .objective import PointObjective
 from .optim.adam import adam
-from .optim.lbfgs import flat_grad, lbfgs
+from .optim.lbfgs import lbfgs
 from .optim.newton import newton
 from .optim.result import OptimResult
 from .optim.stopping import default_tolerances, relative_gradient
+from .optim.vectors import flat_grad
 from .results import ZeroGradientWarning
 
 #: Full-batch fits with at most this many parameters always end with Newton steps (a dense

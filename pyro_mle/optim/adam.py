@@ -9,9 +9,9 @@ from collections.abc import Callable
 import torch
 from torch.optim.adam import adam as adam_update
 
-from .lbfgs import flat, flat_grad
 from .result import OptimResult
 from .stopping import relative_gradient
+from .vectors import flat, flat_grad
 
 
 def adam(

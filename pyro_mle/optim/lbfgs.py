@@ -12,21 +12,12 @@ import torch
 
 from .result import OptimResult
 from .stopping import relative_change, relative_gradient
+from .vectors import flat, flat_grad
 
 #: L-BFGS memory: scipy keeps 10 pairs, torch 100; 20 is plenty for the problems here and
 #: keeps the memory at 40 copies of the parameters for large networks.
 HISTORY_SIZE = 20
 MAX_LINE_SEARCH = 25
-
-
-def flat(params: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' values as one flat vector (a copy)."""
-    return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
-    """The tensors' ``.grad`` as one flat vector (zeros where there is none)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
 
 
 def lbfgs(
