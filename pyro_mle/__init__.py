@@ -6,6 +6,7 @@ classical loss (least squares, cross-entropy, ...).
 
 from . import data, distributed, handlers, likelihoods, optim
 from ._validation import validation, validation_enabled
+from .compile import TRACE_CACHE, clear_trace_cache
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
 from .data import MemoryMappedRows
 from .datatree import loo_pit, to_datatree
@@ -31,6 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Comparison",
+    "TRACE_CACHE",
+    "clear_trace_cache",
     "ConvergenceWarning",
     "Fit",
     "FitDivergedError",

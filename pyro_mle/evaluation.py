@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyro
 import torch
@@ -63,14 +63,24 @@ class Evaluator:
         weight: float = 1.0,
         collective: Collective | None = None,
         on_loss: Callable[[float], None] = lambda loss: None,
+        cache: tuple[Any, Any, tuple[torch.Tensor, ...]] | None = None,
     ):
         self.objective, self.params = objective, objective.params
         self.method, self.optimizer, self.lr = method, optimizer, lr
         self.weight, self.collective, self.on_loss = weight, collective, on_loss
-        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.cache = cache  # (key, model, data) for the trace cache, see compile()
         self.jit_error = ""  # why the objective runs interpreted although jit was asked for
         self.losses: list[float] = []
         self.good = self.snapshot()
+
+    @property
+    def compiled(self) -> Callable[..., torch.Tensor] | None:
+        """The verified trace in use (the objective's), or ``None``."""
+        return self.objective.compiled
+
+    @compiled.setter
+    def compiled(self, fn: Callable[..., torch.Tensor] | None) -> None:
+        self.objective.compiled = fn
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> torch.Tensor:
@@ -178,10 +188,34 @@ class Evaluator:
 
     # ------------------------------------------------------------------ compilation
     def compile(self) -> None:
-        """Use a traced objective from now on, if it verifies (in every process)."""
-        self.compiled, self.jit_error = compiling.trace_objective(lambda: self.objective()[0], self.params)
+        """Use a traced objective from now on, if it verifies (in every process).
+
+        ``self.cache``: ``(key, model, data)`` for :data:`~pyro_mle.compile.TRACE_CACHE`: a trace kept
+        from an earlier fit is reused when it gives this program's loss and gradient here (else
+        it is dropped), a new trace is kept for later fits; ``data`` are the argument tensors,
+        inputs of the trace."""
+        interpreted = lambda: self.objective()[0]  # noqa: E731
+        key, model, data = self.cache if self.cache is not None else (None, None, ())
+        if key is not None:
+            kept = compiling.TRACE_CACHE.get(key, model)
+            if kept is not None:
+                candidate = compiling.Compiled(kept, data)
+                if compiling.agrees(interpreted, candidate, self.params, grads=True):
+                    self.compiled, self.jit_error = candidate, ""
+                    return
+                compiling.TRACE_CACHE.drop(key)
+        fn, self.jit_error = compiling.trace_objective(interpreted, self.params, data)
+        self.compiled = None if fn is None else compiling.Compiled(fn, data)
         if not self.everywhere(self.compiled is not None):
             self.compiled = None  # processes of a data-parallel fit all use the trace, or none does
+        elif fn is not None and key is not None:
+            compiling.TRACE_CACHE.put(key, model, fn)
+
+    def forget_trace(self, why: str) -> None:
+        """Run interpreted from now on, and drop the trace from the cache."""
+        self.compiled, self.jit_error = None, why
+        if self.cache is not None and self.cache[0] is not None:
+            compiling.TRACE_CACHE.drop(self.cache[0])
 
     def trace_agrees(self) -> bool:
         """Whether the compiled objective still gives the program's loss (in every process)."""

@@ -25,6 +25,7 @@ The same fit by hand, with Pyro's own blocks::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import sys
@@ -38,7 +39,9 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.poutine.runtime import Message
 from tqdm import tqdm
 
+from . import compile as compiling
 from ._rng import rng_scope, spawn_seeds
+from ._threads import threads_for, work_elements
 from ._validation import validation
 from .evaluation import Collective, Diverged, Evaluator
 from .objective import METHODS, PointObjective, _inspect, _ScaleObserved, init_to_centre
@@ -248,8 +251,10 @@ def _fit(
     stream = seed if collective is None or seed is None else spawn_seeds(seed, rank + 1)[rank]
     init = init_loc_fn or init_to_centre
 
-    with rng_scope(stream), pyro.get_param_store().scope():
+    with rng_scope(stream), pyro.get_param_store().scope(), contextlib.ExitStack() as stack:
         structure = _inspect(model, args, kwargs, init)
+        fraction = min((b / n for n, b, *_ in structure.subsample.values()), default=1.0)
+        stack.enter_context(threads_for(*work_elements(args, kwargs, fraction)))
         if optimizer is None:
             optimizer = "adam" if structure.subsample else "lbfgs"
         elif optimizer == "lbfgs" and structure.subsample:
@@ -275,6 +280,7 @@ def _fit(
         if collective is not None:
             collective.broadcast(obj.params)  # every process starts from process 0's initial values
         starts = MODULE_STARTS.begin(obj.params)
+        cache = None if collective is not None or jit is False else _cache_entry(model, method, args, kwargs, obj)
         dtype = torch.float64 if all(p.dtype == torch.float64 for p in obj.params) else torch.float32
         default_rtol, default_gtol = default_tolerances(dtype)
         if optimizer == "adam":
@@ -287,7 +293,7 @@ def _fit(
             rtol=default_rtol if rtol is None else float(rtol),
             gtol=default_gtol if gtol is None else float(gtol),
             num_data=num_data,
-            jit=(optimizer == "adam" and num_steps >= _JIT_MIN_STEPS) if jit is None else bool(jit),
+            jit=_use_trace(jit, optimizer, num_steps, cache),
         )
         bar = tqdm(
             total=num_steps,
@@ -303,7 +309,14 @@ def _fit(
                 bar.update(1)
 
         ev = Evaluator(
-            obj, method=method, optimizer=optimizer, lr=lr, weight=weight, collective=collective, on_loss=on_loss
+            obj,
+            method=method,
+            optimizer=optimizer,
+            lr=lr,
+            weight=weight,
+            collective=collective,
+            on_loss=on_loss,
+            cache=cache,
         )
 
         def make(converged: bool, message: str, run: Outcome | None = None) -> Fit:
@@ -348,6 +361,28 @@ def _fit(
 
 
 # ---------------------------------------------------------------------------- internals
+def _cache_entry(model: Callable, method: str, args: tuple, kwargs: dict, obj: PointObjective) -> tuple | None:
+    """``(key, model, data)`` of this fit in :data:`~pyro_mle.compile.TRACE_CACHE`, or ``None``
+    when its arguments cannot be keyed (a tensor passed twice, an unhashable value)."""
+    params = set(map(id, obj.params))
+    data = compiling.data_tensors(args, kwargs)
+    if data is None or any(id(t) in params for t in data):
+        return None
+    key = compiling.TRACE_CACHE.key(model, method, args, kwargs, list(obj.names), obj.params, list(obj.constraints))
+    return None if key is None else (key, model, data)
+
+
+def _use_trace(jit: bool | None, optimizer: str, num_steps: int, cache: tuple | None) -> bool:
+    """Whether the fit runs on a traced objective: as asked, or by default for a long Adam run
+    (the trace pays within it) and for a program met before with arguments of the same shapes
+    (the trace is cached, see :class:`~pyro_mle.compile.TraceCache`)."""
+    if jit is not None:
+        return bool(jit)
+    if optimizer == "adam" and num_steps >= _JIT_MIN_STEPS:
+        return True
+    return cache is not None and compiling.TRACE_CACHE.seen(cache[0], cache[1])
+
+
 def _choice(what: str, value: object, valid: tuple[str, ...], caller: str = "fit") -> str:
     if not isinstance(value, str) or value.lower() not in valid:
         raise ValueError(f"{caller}(model): {what} must be one of {list(valid)}; got {value!r}.")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -544,6 +545,17 @@ class PointObjective:
         named = [(n, p) for n, p in store.named_parameters() if n in used]
         self.names = tuple(n for n, _ in named)
         self.params = [p for _, p in named]
+        constraints = getattr(store, "_constraints", {})
+        self.constraints = tuple(constraints.get(n) for n in self.names)
+        #: a verified trace of the objective (:mod:`pyro_mle.compile`), used by :meth:`loss`
+        #: and :meth:`value_and_grad` when set; ``None``: the program runs interpreted
+        self.compiled: Callable[..., torch.Tensor] | None = None
+
+    def loss(self) -> torch.Tensor:
+        """The objective at the parameters' current values (through the trace when one is in use)."""
+        if self.compiled is not None:
+            return self.compiled(*self.params)
+        return self._objective()[0]
 
     @property
     def indices(self) -> _PlateIndices:
@@ -576,12 +588,14 @@ class PointObjective:
         self.set_flat(x)
         for p in self.params:
             p.grad = None
-        loss, _ = self._objective()
+        loss = self.loss()
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         return loss.detach(), flatten(grads, self.params)
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
-        """The dense Hessian at ``x`` from autograd (one Hessian-vector product per parameter)."""
+        """The dense Hessian at ``x`` from autograd (Hessian-vector products, see
+        :func:`_dense_hessian`), always interpreted: torch's double backward through a trace was
+        measured 2-4x slower than through the program's own graph."""
         self.set_flat(x)
         loss, _ = self._objective()
         return _dense_hessian(loss, self.params)
@@ -618,21 +632,28 @@ class PointObjective:
 
 
 def _dense_hessian(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """The Hessian of ``loss`` in ``params``: one Hessian-vector product per parameter, measured
-    faster than one vectorised backward pass (``is_grads_batched``) over the rows of an identity
-    for data of 1e4 to 1e5 rows."""
+    """The Hessian of ``loss`` in ``params``: the rows are Hessian-vector products, all in one
+    backward pass vectorised with :func:`torch.vmap` over the rows of an identity (each pass
+    over the data is then a matrix product instead of n matrix-vector products: 1.7x faster
+    than a loop at 10^5 rows and 21 parameters). Torch's older ``is_grads_batched`` route
+    batches through its legacy vmap prototype, which copies the data per row and is slower than
+    the loop. An operation without a batching rule falls back to one product per parameter."""
     g = flatten(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
     n = g.numel()
     if not g.requires_grad:  # the objective is linear in every parameter
         return torch.zeros(n, n, dtype=g.dtype, device=g.device)
-    rows = []
-    for i in range(n):
-        if not g[i].requires_grad:
-            rows.append(torch.zeros(n, dtype=g.dtype, device=g.device))
-            continue
-        row = torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True)
-        rows.append(flatten(row, params))
-    h = torch.stack(rows).detach()
+
+    def row(v: torch.Tensor) -> torch.Tensor:
+        return flatten(torch.autograd.grad(g, params, v, retain_graph=True, allow_unused=True), params)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # a slow fallback loop inside vmap: use ours
+            h = torch.vmap(row)(torch.eye(n, dtype=g.dtype, device=g.device))
+    except (RuntimeError, NotImplementedError, UserWarning):
+        eye = torch.eye(n, dtype=g.dtype, device=g.device)
+        h = torch.stack([row(e) if g[i].requires_grad else torch.zeros_like(e) for i, e in enumerate(eye)])
+    h = h.detach()
     return 0.5 * (h + h.T)
 
 

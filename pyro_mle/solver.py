@@ -143,8 +143,7 @@ class Solver:
         except TraceMismatch:
             # A program whose Python decisions depend on parameter values traces to a graph
             # that is right only where it was traced. Start again, interpreted.
-            self.ev.compiled = None
-            self.ev.jit_error = "the trace stopped reproducing the program's loss during the fit"
+            self.ev.forget_trace("the trace stopped reproducing the program's loss during the fit")
             self.ev.restore(start)
             compiling.set_rng_state(state, cuda)
             self.ev.losses.clear()

@@ -49,8 +49,8 @@ def test_fit_with_jit_runs_the_compiled_objective(data, monkeypatch):
     traced, agreed, calls = [], [], []
     trace_objective, agrees = compiling.trace_objective, compiling.agrees
 
-    def recording_trace(objective, params):
-        compiled, why = trace_objective(objective, params)
+    def recording_trace(objective, params, data=()):
+        compiled, why = trace_objective(objective, params, data)
         traced.append((compiled, why))
         if compiled is None:
             return compiled, why
@@ -61,8 +61,8 @@ def test_fit_with_jit_runs_the_compiled_objective(data, monkeypatch):
 
         return counted, why
 
-    def recording_agrees(objective, compiled, params):
-        result = agrees(objective, compiled, params)
+    def recording_agrees(objective, compiled, params, grads=False):
+        result = agrees(objective, compiled, params, grads)
         with torch.no_grad():  # compiling.agrees allows 1e-9; rounding is 1e-12 here
             interpreted, traced_value = float(objective()), float(compiled(*params))
         agreed.append(result and traced_value == pytest.approx(interpreted, rel=1e-12))
@@ -70,6 +70,7 @@ def test_fit_with_jit_runs_the_compiled_objective(data, monkeypatch):
 
     monkeypatch.setattr(compiling, "trace_objective", recording_trace)
     monkeypatch.setattr(compiling, "agrees", recording_agrees)
+    pyro_mle.clear_trace_cache()  # a trace kept by another test would be reused, not made
     fit = pyro_mle.fit(model, x, yt, jit=True, optimizer="adam", num_steps=300, lr=0.05, gtol=1e-5)
 
     assert len(traced) == 1
