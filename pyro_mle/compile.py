@@ -34,11 +34,16 @@ def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]], cuda: list[int
         torch.cuda.set_rng_state(s, d)
 
 
-def close(expected: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> bool:
-    """Equal to rounding: relative 1e-9 in float64, 1e-4 in float32, scaled by the largest entry."""
+def close(expected: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...], exact: bool = False) -> bool:
+    """Equal to rounding: relative 1e-9 in float64, 1e-4 in float32, scaled by the largest entry;
+    with ``exact``, equal bit for bit."""
     for a, b in zip(expected, got):
         if a.shape != b.shape:
             return False
+        if exact:
+            if a.dtype != b.dtype or not torch.equal(a, b):
+                return False
+            continue
         rtol = 1e-9 if a.dtype == torch.float64 else 1e-4
         atol = rtol * max(float(a.abs().max()) if a.numel() else 0.0, 1.0)
         if not torch.allclose(a, b.to(a.dtype), rtol=rtol, atol=atol, equal_nan=True):
@@ -47,13 +52,17 @@ def close(expected: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> 
 
 
 def trace_objective(
-    objective: Callable[[], torch.Tensor], params: list[torch.Tensor], data: tuple[torch.Tensor, ...] = ()
+    objective: Callable[[], torch.Tensor],
+    params: list[torch.Tensor],
+    data: tuple[torch.Tensor, ...] = (),
+    exact: bool = False,
 ) -> tuple[Callable[..., torch.Tensor] | None, str]:
     """Trace ``objective`` (which reads ``params`` itself) as a TorchScript function of ``params``.
 
     ``data``: tensors the program reads from its arguments, made inputs of the trace too
     (``compiled(*params, *data)``), so that the trace can be run again on other data of the same
-    shapes (:class:`TraceCache`) instead of keeping this data as constants.
+    shapes (:class:`TraceCache`) instead of keeping this data as constants. ``exact``: accept
+    only a trace whose loss and gradient equal the program's bit for bit.
 
     Returns ``(compiled, "")`` when the trace reproduces the interpreted loss and gradient at
     the current values under two random states (the same state for both, so a subsampling
@@ -94,7 +103,7 @@ def trace_objective(
             ]
     except Exception as e:  # noqa: BLE001 - any failure to trace means: run interpreted
         return None, f"{type(e).__name__}: {first_line(e)}"
-    if not all(close(a, b) for a, b in got):
+    if not all(close(a, b, exact) for a, b in got):
         return None, "the trace does not reproduce the program's loss and gradient"
     return traced, ""
 
@@ -104,6 +113,7 @@ def agrees(
     compiled: Callable[..., torch.Tensor],
     params: list[torch.Tensor],
     grads: bool = False,
+    exact: bool = False,
 ) -> bool:
     """Whether the compiled objective (a function of ``params``) gives the program's loss, and
     with ``grads`` its gradient, at the current values under the same random state (the
@@ -115,12 +125,12 @@ def agrees(
         set_rng_state(state, cuda)
         got = compiled(*params)
         if not grads:
-            return close((expected,), (got,))
+            return close((expected,), (got,), exact)
         pairs = []
         for loss in (expected, got):
             g = torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad else [None] * len(params)
             pairs.append((loss.detach(),) + tuple(torch.zeros_like(p) if d is None else d for p, d in zip(params, g)))
-    return close(*pairs)
+    return close(*pairs, exact=exact)
 
 
 class Compiled:
@@ -187,7 +197,9 @@ class TraceCache:
     parameters (names, shapes, dtypes, devices, constraints). A key seen once is remembered;
     the second fit with it traces, later fits reuse the trace. Every reuse is checked against
     the interpreted program (loss and gradient at the start, loss at the estimate) and dropped
-    if it disagrees. ``maxsize`` entries at most; :func:`pyro_mle.clear_trace_cache` empties it.
+    if it disagrees. A trace that :func:`pyro_mle.fit` chooses by itself for a second fit must
+    reproduce the program bit for bit (TorchScript's own derivative formulas can round
+    differently), so that the same call gives the same estimate whether it ran traced or not. ``maxsize`` entries at most; :func:`pyro_mle.clear_trace_cache` empties it.
     """
 
     def __init__(self, maxsize: int = 32):

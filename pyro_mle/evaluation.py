@@ -69,6 +69,9 @@ class Evaluator:
         self.method, self.optimizer, self.lr = method, optimizer, lr
         self.weight, self.collective, self.on_loss = weight, collective, on_loss
         self.cache = cache  # (key, model, data) for the trace cache, see compile()
+        #: a trace must reproduce the program bit for bit (one fit chose for itself, see
+        #: :class:`~pyro_mle.compile.TraceCache`)
+        self.exact = False
         self.jit_error = ""  # why the objective runs interpreted although jit was asked for
         self.losses: list[float] = []
         self.good = self.snapshot()
@@ -196,15 +199,19 @@ class Evaluator:
         inputs of the trace."""
         interpreted = lambda: self.objective()[0]  # noqa: E731
         key, model, data = self.cache if self.cache is not None else (None, None, ())
+        exact = self.exact
         if key is not None:
             kept = compiling.TRACE_CACHE.get(key, model)
             if kept is not None:
                 candidate = compiling.Compiled(kept, data)
-                if compiling.agrees(interpreted, candidate, self.params, grads=True):
+                if compiling.agrees(interpreted, candidate, self.params, grads=True, exact=exact):
                     self.compiled, self.jit_error = candidate, ""
                     return
-                compiling.TRACE_CACHE.drop(key)
-        fn, self.jit_error = compiling.trace_objective(interpreted, self.params, data)
+                if not exact:
+                    compiling.TRACE_CACHE.drop(key)
+                self.jit_error = "the kept trace does not reproduce the program here"
+                return
+        fn, self.jit_error = compiling.trace_objective(interpreted, self.params, data, exact)
         self.compiled = None if fn is None else compiling.Compiled(fn, data)
         if not self.everywhere(self.compiled is not None):
             self.compiled = None  # processes of a data-parallel fit all use the trace, or none does

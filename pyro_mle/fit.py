@@ -318,6 +318,7 @@ def _fit(
             on_loss=on_loss,
             cache=cache,
         )
+        ev.exact = jit is None and not (optimizer == "adam" and num_steps >= _JIT_MIN_STEPS)
 
         def make(converged: bool, message: str, run: Outcome | None = None) -> Fit:
             return _make_fit(obj, ev, settings, seed, converged, message, run)

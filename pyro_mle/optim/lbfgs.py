@@ -30,6 +30,7 @@ def lbfgs(
     gtol: float,
     num_data: float = 1.0,
     on_step: Callable[[float], None] = lambda loss: None,
+    near: Callable[[int, float, float], bool] | None = None,
 ) -> OptimResult:
     """Minimise with L-BFGS until the stopping rule holds, the line search stalls, or
     ``num_steps`` updates.
@@ -47,22 +48,26 @@ def lbfgs(
     :param lr: the first trial step of each line search.
     :param num_data: the loss's typical size for the gradient test (data points).
     :param on_step: called with the loss at the start and after every update.
+    :param near: ``near(evaluations, rel, grad_norm)`` after every update: ``True`` ends the run
+        there, reported converged (to the tolerances the caller's test applied), for a caller
+        that finishes with another method.
     """
     cache: dict[str, Any] = {}
-    rejected = 0
+    rejected = evaluations = 0
     probing = False  # inside torch's line search, where every fresh evaluation is a trial point
 
     def closure() -> torch.Tensor:
         # torch's L-BFGS evaluates its closure at the start of every step, at the point its
         # previous line search has just evaluated; remembering that evaluation halves the
         # cost of a step. The cache is keyed on the parameter values themselves.
-        nonlocal rejected
+        nonlocal rejected, evaluations
         x = flat(params)
         if "x" in cache and torch.equal(x, cache["x"]):
             for p, g in zip(params, cache["grads"]):
                 p.grad = g
             return cache["loss"]
         loss = evaluate(probing)
+        evaluations += 1
         if loss is None:
             # A non-finite loss at a trial point means the trial step went too far (past a
             # scale's zero, into exp overflow), not that the fit diverged. torch's strong-Wolfe
@@ -97,7 +102,7 @@ def lbfgs(
     steps, fresh, rel = 0, True, math.inf
 
     def result(converged: bool, stalled: bool, message: str) -> OptimResult:
-        return OptimResult(converged, steps, grad_norm, stalled, rejected, message)
+        return OptimResult(converged, steps, grad_norm, stalled, rejected, message, evaluations, _curvature(opt))
 
     while steps < num_steps:
         before = cache["x"]
@@ -112,6 +117,13 @@ def lbfgs(
         rel = relative_change(new, loss)
         grad_norm = relative_gradient(flat_grad(params), cache["x"], new, num_data)
         loss = new
+        if near is not None and near(evaluations, rel, grad_norm):
+            return result(
+                True,
+                False,
+                f"near the optimum after {steps} L-BFGS steps: relative loss change {rel:.2g}, relative gradient "
+                f"{grad_norm:.2g}.",
+            )
         if rel <= rtol and grad_norm <= gtol:
             return result(
                 True,
@@ -143,3 +155,11 @@ def lbfgs(
         f"not converged after {steps} L-BFGS steps: relative loss change {rel:.2g} (rtol {rtol:g}), "
         f"relative gradient {grad_norm:.2g} (gtol {gtol:g}).",
     )
+
+
+def _curvature(opt: torch.optim.LBFGS) -> tuple[float, float] | None:
+    """The smallest and largest ``yᵀs / sᵀs`` over the curvature pairs torch's L-BFGS keeps."""
+    state = opt.state.get(opt._params[0], {})
+    pairs = list(zip(state.get("old_dirs", []), state.get("old_stps", [])))
+    quotients = [float(y.dot(s)) / float(s.dot(s)) for y, s in pairs if float(s.dot(s)) > 0]
+    return (min(quotients), max(quotients)) if quotients else None
