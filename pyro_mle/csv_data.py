@@ -1,7 +1,7 @@
 """Reading named columns of a CSV file into ``(x, y)`` tensors, through :func:`pandas.read_csv`.
 
-A clean file takes one pass of pandas' C parser (columns picked by position, parsed as
-float64). Only when that pass meets something it cannot take — a cell that is not a number,
+A clean file takes one pass of pandas' C parser, as fast as :func:`pandas.read_csv` alone
+(``benchmarks/csv_read.py``). Only when that pass meets something it cannot take — a cell that is not a number,
 an empty cell, NaN or ±inf, a blank row — is the file read again as text, to report the
 first bad cell by file, line and column exactly as a person would look it up, or to drop
 the blank rows. What is accepted:
@@ -77,8 +77,10 @@ def read_header(path: Path, wanted: Sequence[str] = ()) -> tuple[list[str], str]
             line = fh.readline()
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
-    if not line.strip():
+    if not line:
         raise ValueError(f"data file {str(path)!r} is empty: expected a header line with column names.")
+    if not line.strip():
+        raise ValueError(f"data file {str(path)!r}: line 1 is blank; expected the header line with column names there.")
     candidates = []
     for sep in DELIMITERS:
         names = [h.strip() for h in next(csv.reader([line], delimiter=sep))]
@@ -109,30 +111,41 @@ def _not_utf8(path: Path) -> _FileError:
 
 
 def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
-    """``pandas.read_csv`` of the rows under the header, columns labelled by position."""
+    """``pandas.read_csv`` of the rows under the header; file-wide faults as :class:`_FileError`."""
     try:
-        return pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=False, encoding=_ENCODING, **kwargs)
+        return pd.read_csv(path, sep=sep, index_col=False, encoding=_ENCODING, **kwargs)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
     except pd.errors.ParserError as e:
-        raise _FileError(f"data file {str(path)!r} is not a well-formed CSV file: {e}".rstrip(". \n") + ".") from None
+        detail = str(e).strip().rstrip(".")
+        raise _FileError(
+            f"data file {str(path)!r} is not a well-formed CSV file ({detail}). Check that every quoted cell "
+            'closes its quote (") on its line.'
+        ) from None
 
 
 def _parse_floats(path: Path, sep: str, positions: list[int]) -> np.ndarray | None:
     """The wanted columns as a float64 ``(N, k)`` array in one pass of the C parser, or
-    ``None`` when any cell is not a finite number (or a row is blank) and the file must be
-    read as text."""
+    ``None`` when the file must be read as text: a cell that is not a finite number (or a
+    blank row), or a row longer than the header.
+
+    Every column is parsed, with pandas' own type inference: picking columns
+    (``usecols``) or forcing ``dtype=float64`` makes its C parser up to twice as slow.
+    """
     try:
-        frame = _read(path, sep, usecols=sorted(set(positions)), dtype=np.float64)
-    except _FileError:
+        frame = _read(path, sep)
+    except _FileError as e:
+        if isinstance(e.__context__, pd.errors.ParserError):
+            return None  # rows longer than the header: the text pass takes their first cells
         raise
-    except ValueError:
-        return None  # a cell pandas cannot read as a number: find it, by line, in the text
     if frame.empty:
         return np.empty((0, len(positions)))
-    table = frame[positions].to_numpy(dtype=np.float64)
+    columns = frame.iloc[:, positions]
+    if not all(dtype.kind in "fi" for dtype in columns.dtypes):
+        return None  # text, booleans or empty cells in a wanted column: find them by line
+    table = columns.to_numpy(dtype=np.float64, copy=True)  # writable, as torch.from_numpy wants
     return table if bool(np.isfinite(table).all()) else None
 
 
@@ -142,7 +155,7 @@ def _parse_text(path: Path, sep: str, header: list[str], wanted: list[str], posi
     frame = _read(
         path,
         sep,
-        usecols=range(len(header)),
+        usecols=range(len(header)),  # cells past the header's last column are ignored
         dtype=str,
         keep_default_na=False,
         na_filter=False,
@@ -152,8 +165,10 @@ def _parse_text(path: Path, sep: str, header: list[str], wanted: list[str], posi
         return np.empty((0, len(positions)))
     text = frame.fillna("").apply(lambda col: col.str.strip())
     keep = (text != "").any(axis=1).to_numpy()  # a row of blank cells is no example
-    cells = text[positions].to_numpy(dtype=object)
-    values = np.column_stack([pd.to_numeric(text[p], errors="coerce").to_numpy(dtype=np.float64) for p in positions])
+    cells = text.iloc[:, positions].to_numpy(dtype=object)
+    values = np.column_stack(
+        [pd.to_numeric(text.iloc[:, p], errors="coerce").to_numpy(dtype=np.float64) for p in positions]
+    )
     suspect = ~np.isfinite(values) & keep[:, None]
     for row, col in zip(*np.nonzero(suspect)):  # row-major: the first bad line, then its first bad column
         cell = cells[row, col]
