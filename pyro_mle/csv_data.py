@@ -1,17 +1,17 @@
 """Reading named columns of a CSV file into ``(x, y)`` tensors, through :func:`pandas.read_csv`.
 
-A clean file takes one pass of pandas' C parser, as fast as :func:`pandas.read_csv` alone
-(``benchmarks/csv_read.py``). Only when that pass meets something it cannot take — a cell that is not a number,
-an empty cell, NaN or ±inf, a blank row — is the file read again as text, to report the
-first bad cell by file, line and column exactly as a person would look it up, or to drop
-the blank rows. What is accepted:
+A clean file takes one pass of pandas' C parser, about as fast as :func:`pandas.read_csv`
+alone (``python -m benchmarks.csv_read``). Only when that pass meets something it cannot
+take — a cell that is not a number, an empty cell, NaN or ±inf, a blank row, a row longer
+than the header — is the file read again as text, to report the first bad cell by file, line
+and column exactly as a person would look it up, or to drop the blank rows. Accepted:
 
 * a UTF-8 byte-order mark (Excel's "CSV UTF-8"), which would otherwise glue itself to the
   first column's name;
 * comma, semicolon (Excel in locales with a decimal comma) or tab separators, told apart by
   the header line;
 * spaces around cells and column names; rows that are entirely blank (skipped); cells past
-  the last wanted column (ignored).
+  the header's last column (ignored).
 """
 
 from __future__ import annotations
