@@ -17,7 +17,9 @@ and column exactly as a person would look it up, or to drop the blank rows. Acce
 from __future__ import annotations
 
 import csv
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,9 +60,10 @@ def read_csv(
             f"Choose columns with --x and --y.{one_column}"
         )
     positions = [header.index(c) for c in wanted]  # the first of duplicated names, as a reader by eye would
-    table = _parse_floats(path, sep, positions)
-    if table is None:
-        table = _parse_text(path, sep, header, wanted, positions)
+    table = _parse(path, sep, len(header), positions)
+    suspect = ~np.isfinite(table)
+    if suspect.any():  # rare: read those rows again as text to drop the blank ones or name the bad cell
+        table = table[_check_rows(path, sep, wanted, positions, table, suspect)]
     if not len(table):
         raise ValueError(f"data file {str(path)!r} has a header but no data rows.")
     values = torch.from_numpy(table).to(dtype)
@@ -90,7 +93,11 @@ def read_header(path: Path, wanted: Sequence[str] = ()) -> tuple[list[str], str]
 
 
 class _FileError(ValueError):
-    """A fault of the file as a whole (encoding, structure): reported, never retried as text."""
+    """A fault of the file as a whole (encoding, structure), not of one cell."""
+
+
+class _ParserError(_FileError):
+    """pandas' tokenizer refused the file: a malformed quote, or a record longer than the header."""
 
 
 def _not_utf8(path: Path) -> _FileError:
@@ -110,78 +117,91 @@ def _not_utf8(path: Path) -> _FileError:
     )
 
 
-def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
-    """``pandas.read_csv`` of the rows under the header; file-wide faults as :class:`_FileError`."""
+def _parse(path: Path, sep: str, width: int, positions: list[int]) -> np.ndarray:
+    """The wanted columns as a float64 ``(R, k)`` array, one row per record under the header
+    (blank lines included), in one pass of pandas' C parser with its own type inference:
+    picking columns (``usecols``) or forcing ``dtype=float64`` makes it up to twice as slow.
+    Cells that are not numbers (and whole columns that are not numeric) come back as NaN."""
     try:
-        return pd.read_csv(path, sep=sep, index_col=False, encoding=_ENCODING, **kwargs)
+        frame = _read(path, sep)
+    except _ParserError:
+        frame = _read(path, sep, usecols=range(width))  # rows longer than the header: their extra cells go
+    if frame.empty:
+        return np.empty((0, len(positions)))
+    columns = []
+    for p in positions:
+        column = frame.iloc[:, p]
+        if column.dtype.kind in "fi":
+            columns.append(column.to_numpy(dtype=np.float64))
+        elif column.dtype.kind == "O":  # some cell is no number pandas reads: the others still count
+            columns.append(pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64))
+        else:  # booleans ("True"), dates: no number
+            columns.append(np.full(len(column), np.nan))
+    return np.column_stack(columns)
+
+
+def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` of the records under the header, blank ones kept (so that record
+    ``i`` is row ``i``); faults of the whole file as :class:`_FileError`."""
+    try:
+        with warnings.catch_warnings():
+            # a column with text in a later chunk of the file: read as text, and checked by _check_rows
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # records longer than the header: their extra cells are ignored, as documented
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep=sep, index_col=False, encoding=_ENCODING, skip_blank_lines=False, **kwargs)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
     except pd.errors.ParserError as e:
         detail = str(e).strip().rstrip(".")
-        raise _FileError(
+        raise _ParserError(
             f"data file {str(path)!r} is not a well-formed CSV file ({detail}). Check that every quoted cell "
             'closes its quote (") on its line.'
         ) from None
 
 
-def _parse_floats(path: Path, sep: str, positions: list[int]) -> np.ndarray | None:
-    """The wanted columns as a float64 ``(N, k)`` array in one pass of the C parser, or
-    ``None`` when the file must be read as text: a cell that is not a finite number (or a
-    blank row), or a row longer than the header.
+def _check_rows(
+    path: Path, sep: str, wanted: list[str], positions: list[int], table: np.ndarray, suspect: np.ndarray
+) -> np.ndarray:
+    """Look at the records holding a non-finite value in their text, in file order: a record
+    of blank cells is dropped; in any other, the first cell (in column order) that Python's
+    ``float`` does not read, or reads as NaN or ±inf, raises an error naming its line and
+    column; a cell it reads (a spelling pandas does not) is kept, in ``table``. Returns the
+    mask of rows to keep. The file is read up to the last such record only."""
+    keep = np.ones(len(table), dtype=bool)
+    rows = np.flatnonzero(suspect.any(axis=1))
+    with path.open(encoding=_ENCODING, newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        next(reader)  # the header
+        wanted_rows = iter(rows)
+        target = next(wanted_rows)
+        for i, record in enumerate(reader):
+            if i < target:
+                continue
+            if not record or all(not cell.strip() for cell in record):
+                keep[i] = False
+            else:
+                for j in np.flatnonzero(suspect[i]):
+                    table[i, j] = _cell_value(path, reader.line_num, wanted[j], record, positions[j], sep)
+            target = next(wanted_rows, None)
+            if target is None:
+                break
+    return keep
 
-    Every column is parsed, with pandas' own type inference: picking columns
-    (``usecols``) or forcing ``dtype=float64`` makes its C parser up to twice as slow.
-    """
+
+def _cell_value(path: Path, line: int, column: str, record: list[str], position: int, sep: str) -> float:
+    """The finite number a cell holds, or the error naming file, line and column."""
+    cell = record[position].strip() if position < len(record) else ""
+    where = f"data file {str(path)!r}, line {line}, column {column!r}: {cell!r}"
     try:
-        frame = _read(path, sep)
-    except _FileError as e:
-        if isinstance(e.__context__, pd.errors.ParserError):
-            return None  # rows longer than the header: the text pass takes their first cells
-        raise
-    if frame.empty:
-        return np.empty((0, len(positions)))
-    columns = frame.iloc[:, positions]
-    if not all(dtype.kind in "fi" for dtype in columns.dtypes):
-        return None  # text, booleans or empty cells in a wanted column: find them by line
-    table = columns.to_numpy(dtype=np.float64, copy=True)  # writable, as torch.from_numpy wants
-    return table if bool(np.isfinite(table).all()) else None
-
-
-def _parse_text(path: Path, sep: str, header: list[str], wanted: list[str], positions: list[int]) -> np.ndarray:
-    """The wanted columns read as text: blank rows dropped, the first bad cell (in line order,
-    then column order) reported with its line, every other cell parsed as Python's ``float``."""
-    frame = _read(
-        path,
-        sep,
-        usecols=range(len(header)),  # cells past the header's last column are ignored
-        dtype=str,
-        keep_default_na=False,
-        na_filter=False,
-        skip_blank_lines=False,
-    )
-    if frame.empty:
-        return np.empty((0, len(positions)))
-    text = frame.fillna("").apply(lambda col: col.str.strip())
-    keep = (text != "").any(axis=1).to_numpy()  # a row of blank cells is no example
-    cells = text.iloc[:, positions].to_numpy(dtype=object)
-    values = np.column_stack(
-        [pd.to_numeric(text.iloc[:, p], errors="coerce").to_numpy(dtype=np.float64) for p in positions]
-    )
-    suspect = ~np.isfinite(values) & keep[:, None]
-    for row, col in zip(*np.nonzero(suspect)):  # row-major: the first bad line, then its first bad column
-        cell = cells[row, col]
-        where = f"data file {str(path)!r}, line {row + 2}, column {wanted[col]!r}: {cell!r}"
-        try:
-            value = float(cell)
-        except ValueError:
-            hint = _decimal_comma_hint(cell, sep)
-            raise ValueError(f"{where} is not a number.{hint}") from None
-        if not np.isfinite(value):
-            raise ValueError(f"{where} is not finite. Drop or impute that row.")
-        values[row, col] = value  # a spelling Python's float reads and pandas does not ("1_000")
-    return values[keep]
+        value = float(cell)
+    except ValueError:
+        raise ValueError(f"{where} is not a number.{_decimal_comma_hint(cell, sep)}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where} is not finite. Drop or impute that row.")
+    return value
 
 
 def _decimal_comma_hint(cell: str, sep: str) -> str:

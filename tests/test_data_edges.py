@@ -95,6 +95,8 @@ def test_csv_columns_in_any_order_and_the_dtype_asked_for(tmp_path):
         ("a,b\n1,2\n\n\n3,oops\n", "line 5, column 'b': 'oops' is not a number."),  # blank lines counted
         ("a,b\n1,x\ny,2\n", "line 2, column 'b': 'x' is not a number."),  # the first in line order
         ("a,b\nx,y\n", "line 2, column 'a': 'x' is not a number."),  # then in column order
+        ('a,note,b\n1,"two\nlines",2\n3,x,oops\n', "line 4, column 'b': 'oops' is not a number."),  # physical lines
+        ("a,b\n1,2,3\n4,oops\n", "line 3, column 'b': 'oops' is not a number."),  # after a row longer than the header
         ("\ufeffa;b\n1;2\n1,5;3\n", "line 3, column 'a': '1,5' is not a number. The file looks like it uses decimal"),
     ],
 )
@@ -124,6 +126,14 @@ def test_csv_bad_files_are_named_with_the_fix(tmp_path, text, encoding, message)
     with pytest.raises(ValueError) as e:
         read(path)
     assert str(e.value).startswith(f"data file {str(path)!r}") and message in str(e.value)
+
+
+def test_csv_bad_cell_deep_in_a_large_file(tmp_path):
+    """pandas reads a large file in chunks and warns of a column whose types differ between
+    them (warnings are errors here): the cell is still found by its line, the warning kept quiet."""
+    path = write(tmp_path, "a,b\n" + "1,2\n" * 300_000 + "\n3,oops\n")
+    with pytest.raises(ValueError, match=r"line 300003, column 'b': 'oops' is not a number"):
+        read(path)
 
 
 def test_csv_missing_file(tmp_path):
