@@ -1,10 +1,11 @@
 """Reading named columns of a CSV file into ``(x, y)`` tensors, through :func:`pandas.read_csv`.
 
 A clean file takes one pass of pandas' C parser, about as fast as :func:`pandas.read_csv`
-alone (``python -m benchmarks.csv_read``). Only when that pass meets something it cannot
-take — a cell that is not a number, an empty cell, NaN or ±inf, a blank row, a row longer
-than the header — is the file read again as text, to report the first bad cell by file, line
-and column exactly as a person would look it up, or to drop the blank rows. Accepted:
+alone (``python -m benchmarks.csv_read``). Only the records where that pass found no finite
+number (a cell that is not a number, an empty cell, NaN or ±inf, a blank row) are read again
+with the :mod:`csv` module, up to the last of them: blank records are dropped, and the first
+bad cell is reported by file, line and column, exactly as a person would look it up.
+Accepted:
 
 * a UTF-8 byte-order mark (Excel's "CSV UTF-8"), which would otherwise glue itself to the
   first column's name;
