@@ -61,15 +61,15 @@ class MemoryMappedRows:
 
     def __init__(self, path: str | os.PathLike, dtype: torch.dtype | None = None, device: Any = None):
         self.path = os.fspath(path)
-        try:
-            array = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"MemoryMappedRows({self.path!r}): cannot memory-map it as a .npy file ({e}). Write the "
-                "array with numpy.save, or block by block with numpy.lib.format.open_memmap."
-            ) from None
+        array = _memory_map(self.path)
         if array.ndim == 0:
             raise ValueError(f"MemoryMappedRows({self.path!r}): the array is a scalar; it needs rows.")
+        if array.dtype.kind == "c":
+            raise ValueError(
+                f"MemoryMappedRows({self.path!r}): dtype {array.dtype} is complex; the fit works on real numbers. "
+                "Save the real part (a.real), the modulus (np.abs(a)), or the real and imaginary parts as two "
+                "columns (np.stack([a.real, a.imag], axis=-1)) with numpy.save."
+            )
         if array.dtype not in _TORCH_DTYPES:
             raise ValueError(
                 f"MemoryMappedRows({self.path!r}): dtype {array.dtype} has no torch counterpart; "
@@ -94,6 +94,12 @@ class MemoryMappedRows:
             if index.dtype == torch.bool or index.is_floating_point():
                 raise TypeError(f"{self!r}: index with integer row indices (a plate's), not a {index.dtype} tensor.")
             index = index.detach().cpu().numpy()
+        if isinstance(index, list):
+            index = np.asarray(index)
+        if isinstance(index, (int, np.integer)) or (
+            isinstance(index, np.ndarray) and index.dtype.kind in "iu" and index.size
+        ):
+            self._check_in_range(index)
         if isinstance(index, np.ndarray) and index.ndim == 1 and len(index) > 1:
             first, last = int(index[0]), int(index[-1])
             if 0 <= first and last - first == len(index) - 1 and bool(np.all(np.diff(index) == 1)):
@@ -103,6 +109,58 @@ class MemoryMappedRows:
             rows = np.array(rows)  # a view of the read-only mapping: copy the rows out
         rows = np.ascontiguousarray(rows)  # fancy indexing has already copied
         return torch.from_numpy(rows).to(device=self.device, dtype=self.dtype)
+
+    def _check_in_range(self, index: np.ndarray | int) -> None:
+        """Refuse row indices outside ``[-len, len)``, naming this file and its length: another
+        array of the same model with more rows gives them, and NumPy's error names neither."""
+        n = len(self)
+        low, high = (int(np.min(index)), int(np.max(index))) if isinstance(index, np.ndarray) else (index, index)
+        if low < -n or high >= n:
+            bad = high if high >= n else low
+            raise IndexError(
+                f"{self!r}: row {bad} is out of range; the file has {n:,} rows. If it comes from a plate over "
+                "another array's length, that array has more rows than this one: every array of a model needs "
+                "one row per example (save them with the same number of rows)."
+            )
+
+
+def _memory_map(path: str) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``, refusing what cannot be mapped with the fix: a ``.npz``
+    archive (several arrays, compressed or not), an array of Python objects, anything else."""
+    try:
+        loaded = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        if _holds_objects(path):
+            raise ValueError(
+                f"MemoryMappedRows({path!r}): the array holds Python objects (dtype=object), which cannot be "
+                "memory-mapped. Convert it to numbers (np.asarray(a, dtype=np.float64)) and save that with "
+                "numpy.save."
+            ) from None
+        raise ValueError(
+            f"MemoryMappedRows({path!r}): cannot memory-map it as a .npy file ({e}). Write the "
+            "array with numpy.save, or block by block with numpy.lib.format.open_memmap."
+        ) from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        names = list(loaded.files)
+        loaded.close()
+        raise ValueError(
+            f"MemoryMappedRows({path!r}): this is a .npz archive of the arrays {names}, which cannot be "
+            "memory-mapped. Save each array with numpy.save (np.save('x.npy', archive['x'])) and open each "
+            "file with MemoryMappedRows; or, if it fits in memory, np.load the archive and pass one array."
+        )
+    return loaded
+
+
+def _holds_objects(path: str) -> bool:
+    """Whether ``path`` is a ``.npy`` file whose header declares an object (or object-holding) dtype."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read(fh)
+    except (OSError, ValueError):
+        return False
+    return bool(dtype.hasobject)
 
 
 __all__ = ["MemoryMappedRows"]

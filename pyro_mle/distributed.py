@@ -83,9 +83,19 @@ def init_process_group(backend: str | None = None, timeout_s: float = 600.0) -> 
 def shard_range(num_rows: int, rank: int | None = None, world_size: int | None = None) -> range:
     """The rows of process ``rank`` among ``world_size``: contiguous blocks whose sizes differ
     by at most one, the first ``num_rows % world_size`` processes taking one more row
-    (as :func:`numpy.array_split`). Defaults: this process's rank and the group's size."""
+    (as :func:`numpy.array_split`). Defaults: this process's rank and the group's size.
+    Fewer rows than processes raise :class:`ValueError` on every process alike (no empty shard)."""
     rank, world_size = _rank_and_size(rank, world_size)
-    base, extra = divmod(int(num_rows), world_size)
+    num_rows = int(num_rows)
+    if num_rows == 0:
+        raise ValueError(f"shard: the arrays have no rows to split over {world_size} processes. Check the data loaded.")
+    if num_rows < world_size:  # every process raises alike, before any collective can wait on one
+        raise ValueError(
+            f"shard: {num_rows} rows cannot be split over {world_size} processes; every process needs at least "
+            f"one row (an empty shard has no likelihood to fit). Launch at most {num_rows} processes "
+            f"(torchrun --nproc-per-node={num_rows}), or fit on one process with pyro_mle.fit."
+        )
+    base, extra = divmod(num_rows, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (rank < extra))
 

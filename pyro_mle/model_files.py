@@ -21,17 +21,17 @@ variable ``PYRO_MLE_MODELS``); any other file is loaded by its path.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from .csv_data import read_csv  # noqa: F401 - the data files a model reads, re-exported for the CLI
 
 
 @dataclass(frozen=True)
@@ -119,56 +119,3 @@ def load_model_file(name_or_path: str | os.PathLike) -> ModelFile:
         y_columns=tuple(getattr(module, "Y_COLUMNS", ("y",))),
         module=module,
     )
-
-
-def read_csv(
-    path: str | os.PathLike, x_columns: Sequence[str], y_columns: Sequence[str], dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read named columns of a CSV file into ``(x, y)`` tensors.
-
-    One column gives shape ``(N,)``, several give ``(N, k)``. Errors name the file, the
-    column and the line: a missing file, a missing column, an empty or non-numeric cell, a
-    NaN or infinite value.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"data file {str(path)!r} is empty: expected a header line with column names.") from None
-        wanted = list(x_columns) + list(y_columns)
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise ValueError(
-                f"data file {str(path)!r} has no column {', '.join(map(repr, missing))}; its columns are {header}. "
-                "Choose columns with --x and --y."
-            )
-        index = {c: header.index(c) for c in wanted}
-        rows: list[list[float]] = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            values = []
-            for c in wanted:
-                cell = row[index[c]].strip() if index[c] < len(row) else ""
-                try:
-                    v = float(cell)
-                except ValueError:
-                    raise ValueError(
-                        f"data file {str(path)!r}, line {line_no}, column {c!r}: {cell!r} is not a number."
-                    ) from None
-                if not math.isfinite(v):
-                    raise ValueError(
-                        f"data file {str(path)!r}, line {line_no}, column {c!r}: {cell!r} is not finite. "
-                        "Drop or impute that row."
-                    )
-                values.append(v)
-            rows.append(values)
-    if not rows:
-        raise ValueError(f"data file {str(path)!r} has a header but no data rows.")
-    table = torch.tensor(rows, dtype=dtype)
-    x, y = table[:, : len(x_columns)], table[:, len(x_columns) :]
-    return (x[:, 0] if x.shape[1] == 1 else x), (y[:, 0] if y.shape[1] == 1 else y)

@@ -52,7 +52,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import biject_to
 
-from ._validation import check_finite, validation
+from ._validation import check_arguments, check_finite, validation
 from .handlers import likelihood_only
 from .optim.vectors import flat_grad, flatten
 
@@ -112,6 +112,7 @@ def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable |
     an MLE must not depend on the prior, and a wide prior's draw (a rate of the wrong sign)
     would fail validation where the fit itself would start fine.
     """
+    check_arguments("fit(model)", model, args, kwargs)
     init = InitMessenger(init_loc_fn or init_to_centre)
     with pyro.validation_enabled(True), validation(True), _PlateIndices(), init, _CopyInitialValues():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
