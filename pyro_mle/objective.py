@@ -91,6 +91,29 @@ def _floating_like(fn: Any) -> tuple[torch.dtype, torch.device]:
     return torch.get_default_dtype(), torch.device("cpu")
 
 
+def _unsampleable_named(init_loc_fn: Callable) -> Callable:
+    """``init_loc_fn``, with the fix named where it draws from a distribution that cannot be
+    sampled (an improper prior such as ``ImproperUniform``): Pyro's ``init_to_median``,
+    ``init_to_sample`` and ``init_to_feasible`` all draw, :func:`init_to_centre` does not."""
+
+    def init(site: Message) -> torch.Tensor:
+        try:
+            return init_loc_fn(site)
+        except NotImplementedError as e:
+            fn = site["fn"]
+            while hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            raise ValueError(
+                f"fit(model): latent site {site['name']!r} has prior {type(fn).__name__}, which cannot be sampled "
+                f"({str(e).strip().splitlines()[0] if str(e).strip() else 'no sample method'}), and init_loc_fn="
+                f"{getattr(init_loc_fn, '__name__', repr(init_loc_fn))} draws from it. Leave init_loc_fn unset (the "
+                "default start is the centre of each site's support), or give the start: "
+                "init_to_value(values={...}, fallback=pyro_mle.objective.init_to_centre)."
+            ) from e
+
+    return init
+
+
 @dataclass(frozen=True)
 class _Structure:
     """What one trace of the model says about it, read before any optimisation."""
@@ -113,7 +136,7 @@ def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable |
     would fail validation where the fit itself would start fine.
     """
     check_arguments("fit(model)", model, args, kwargs)
-    init = InitMessenger(init_loc_fn or init_to_centre)
+    init = InitMessenger(_unsampleable_named(init_loc_fn or init_to_centre))
     with pyro.validation_enabled(True), validation(True), _PlateIndices(), init, _CopyInitialValues():
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     order, latent, params, observed = [], [], [], []

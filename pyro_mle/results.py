@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,14 +13,11 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.util import site_is_factor
 
+from . import _fit_file
+from ._fit_file import FitFileError, SiteMismatchError
 from ._rng import rng_scope
-from ._validation import first_line as _first_line
-from .handlers import _FixParams
-
-_FORMAT, _FORMAT_VERSION = "pyro_mle.Fit", 1
 
 
 class ConvergenceWarning(UserWarning):
@@ -206,11 +202,11 @@ class Fit:
             return self._predict(model, args, kwargs, num_samples)
 
     def _predict(self, model: Callable[..., Any], args: tuple, kwargs: dict, num_samples: int) -> Prediction:
-        latent = {k: self.params[k] for k in self.latent}
-        fixed = {k: v for k, v in self.params.items() if k not in latent}
         with pyro.get_param_store().scope(), torch.no_grad():
-            conditioned = _FixParams(fixed)(poutine.condition(model, data=latent))
-            trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+            trace = _fit_file.trace_at(model, self.params, self.latent, args, kwargs)
+            differences = _fit_file.model_differences(self.params, self.latent, self.observed, trace)
+            if differences:
+                raise _fit_file.mismatch("Fit.predict", differences)
             draws: dict[str, torch.Tensor] = {}
             means: dict[str, torch.Tensor] = {}
             dists: dict[str, Any] = {}
@@ -234,12 +230,22 @@ class Fit:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fit to ``path`` with :func:`torch.save`: parameters as tensors, the loss
-        history, flags and names; never the model. Read it back with :func:`load`."""
-        torch.save(
+        history, flags and names, a format header and the site table (each site's name, kind
+        and shape; see :mod:`pyro_mle._fit_file`); never the model. Read it back with
+        :func:`load`.
+
+        The file is written whole or not at all (an earlier file at ``path`` survives a failed
+        save). A folder as ``path``, a missing folder, a file where a folder should be and a
+        place that cannot be written raise :class:`OSError` subclasses naming the path and the
+        reason.
+        """
+        params = {k: v.detach().cpu() for k, v in self.params.items()}
+        _fit_file.write(
+            path,
             {
-                "format": _FORMAT,
-                "version": _FORMAT_VERSION,
-                "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "format": _fit_file.FORMAT,
+                "version": _fit_file.VERSION,
+                "params": params,
                 "losses": list(self.losses),
                 "converged": bool(self.converged),
                 "nll": float(self.nll),
@@ -251,52 +257,77 @@ class Fit:
                 "latent": list(self.latent),
                 "observed": list(self.observed),
                 "seed": None if self.seed is None else int(self.seed),
+                "sites": _fit_file.site_table(params, tuple(self.latent), tuple(self.observed)),
             },
-            path,
         )
 
 
-def load(path: str | os.PathLike, model: Callable[..., Any] | None = None) -> Fit:
+def load(path: str | os.PathLike, model: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Fit:
     """Read a :class:`Fit` written by :meth:`Fit.save`.
 
     The file holds only tensors and plain values (read with ``weights_only=True``, so no code
     runs). :meth:`Fit.predict` needs the program: pass it here or to ``predict(model=...)``.
+
+    With a ``model``, its sites are checked against the file's site table: a site renamed, a
+    latent sample site turned into a ``pyro.param`` (or back) or a shape changed raises
+    :class:`~pyro_mle._fit_file.SiteMismatchError` listing every difference, instead of
+    predictions drawn from the prior or from a param's initial value. The check runs the model
+    once, so it needs the model's arguments: pass them after ``model`` (``load(path, model, x)``);
+    a model that takes none is checked at once, any other at its first :meth:`Fit.predict`.
+
+    A file that is missing, a folder, empty, truncated, corrupt or not written by
+    :meth:`Fit.save` raises :class:`~pyro_mle._fit_file.FitFileError` (a ``ValueError``):
+    ``not a pyro_mle fit file (<path>: <reason>)``. Files of format version 1 (before the site
+    table) are read, their site table rebuilt from the parameters.
     """
-    try:
-        payload = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"load({str(path)!r}): not a file written by Fit.save ({_first_line(e)})") from e
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"load({str(path)!r}): not a file written by Fit.save (no {_FORMAT!r} header).")
-    if payload.get("version") != _FORMAT_VERSION:
-        raise ValueError(
-            f"load({str(path)!r}): file format version {payload.get('version')!r}; this pyro_mle reads "
-            f"version {_FORMAT_VERSION}. Refit, or load it with the pyro_mle version that wrote it."
-        )
-    return Fit(
+    payload = _fit_file.read(path)
+    result = Fit(
         params=payload["params"],
         losses=tuple(payload["losses"]),
         converged=payload["converged"],
-        nll=payload["nll"],
+        nll=float(payload["nll"]),
         method=payload["method"],
         optimizer=payload["optimizer"],
         num_steps=payload["num_steps"],
-        grad_norm=payload["grad_norm"],
+        grad_norm=float(payload["grad_norm"]),
         message=payload["message"],
         latent=tuple(payload["latent"]),
         observed=tuple(payload["observed"]),
         seed=payload["seed"],
         model=model,
     )
+    if model is not None and _fit_file.can_run(model, args, kwargs):
+        _check_model_now(result, model, args, kwargs, given=bool(args or kwargs), where=f"load({os.fspath(path)!r})")
+    return result
+
+
+def _check_model_now(
+    result: Fit, model: Callable[..., Any], args: tuple, kwargs: dict, given: bool, where: str
+) -> None:
+    """Run the model once at the estimate and refuse it if its sites differ from the fit's.
+    The run leaves the param store and the random state as they were. A model called without
+    arguments that fails is left to its first prediction (it may need data after all)."""
+    with rng_scope(0), pyro.get_param_store().scope(), torch.no_grad():
+        try:
+            trace = _fit_file.trace_at(model, result.params, result.latent, args, kwargs)
+        except Exception:
+            if given:
+                raise
+            return
+    differences = _fit_file.model_differences(result.params, result.latent, result.observed, trace)
+    if differences:
+        raise _fit_file.mismatch(where, differences)
 
 
 __all__ = [
     "ConvergenceWarning",
     "Fit",
     "FitDivergedError",
+    "FitFileError",
     "FitInterrupted",
     "NoOptimumWarning",
     "Prediction",
+    "SiteMismatchError",
     "UnusedParameterError",
     "ZeroGradientWarning",
     "load",

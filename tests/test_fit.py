@@ -394,7 +394,7 @@ def test_save_and_load_round_trip(tmp_path, data):
     torch.save({"something": 1}, tmp_path / "other.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     for other in ("other.pt", "empty.pt"):
-        with pytest.raises(ValueError, match="not a file written by Fit.save"):
+        with pytest.raises(ValueError, match="not a pyro_mle fit file"):
             load(tmp_path / other)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
+import numpy as np
 import pyro
 import torch
 from pyro.poutine.runtime import get_plates
@@ -155,6 +156,7 @@ class Likelihood:
         if not t.dtype.is_floating_point:
             t = t.to(torch.get_default_dtype())
         check_finite(what, t.detach(), p.link.event_dim, "Pass finite values.")
+        self._check_fixed_length(p, t, what)
         ok = p.link.codomain.check(t.detach())
         if not bool(torch.as_tensor(ok).all()):
             raise ValueError(
@@ -163,6 +165,37 @@ class Likelihood:
         if isinstance(value, torch.Tensor):
             return t
         return float(t) if t.dim() == 0 else t
+
+    def _check_fixed_length(self, p: Param, t: torch.Tensor, what: str) -> None:
+        """A fixed vector has the head's length, checked when the head is built: with
+        ``MultivariateNormal(dim=2, scale=[1, 1, 1])`` the mismatch would otherwise surface as a
+        bare size error at the first call. One value (a scalar or a length-1 last dimension) is
+        shared by every output or component."""
+        size = None if p.channels == "1" else self._size(p.channels)
+        if size is None:  # one value per example, or K read from the outputs: known only then
+            return
+        keyword = self._size_keyword(p.channels)
+        if p.channels == "tril":
+            if t.dim() < 2 or tuple(t.shape[-2:]) != (self.dim, self.dim):
+                raise ValueError(
+                    f"{what} must be a {self.dim}×{self.dim} lower-triangular matrix ({keyword}={self.dim}); "
+                    f"got shape {tuple(t.shape)}. Give a ({self.dim}, {self.dim}) Cholesky factor"
+                    + (f", or set {keyword}={t.shape[-1]}." if t.dim() >= 2 and t.shape[-1] == t.shape[-2] else ".")
+                )
+            return
+        if t.dim() >= 1 and t.shape[-1] not in (1, size):
+            one = {"D": "output dimension", "K": "component"}.get(p.channels, "channel")
+            raise ValueError(
+                f"{what} has length {t.shape[-1]} (shape {tuple(t.shape)}), but the head has {keyword}={size}: "
+                f"it needs one value per {one} ({size}), or a single value shared by all. Give {size} values, "
+                f"or set {keyword}={t.shape[-1]}."
+            )
+
+    def _size_keyword(self, token: str) -> str:
+        """The constructor keyword that sets the size of a channel token (``"dim"``, ``"num_components"``)."""
+        if token in ("D", "tril"):
+            return "dim"
+        return next((k for k, a in self._options if a == "num_components"), "num_components")
 
     def _outputs(self, outputs: torch.Tensor, y_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Outputs as a float tensor with an explicit channel dimension, checked.
@@ -235,12 +268,39 @@ class Likelihood:
             raise ValueError(
                 f"{what} have batch shape {yb} but the outputs give one distribution per example with "
                 f"batch shape {tuple(batch_shape)}; they must match exactly (no broadcasting)."
-                + _shape_hint(tuple(y.shape), yb, tuple(batch_shape))
+                + (
+                    self._y_shape_hint(y, yb, tuple(batch_shape), params)
+                    or _shape_hint(tuple(y.shape), yb, tuple(batch_shape))
+                )
             )
         if validation_enabled():
             check_finite(what, y, ev, "Drop or impute the rows with NaN/inf before fitting.")
             self._check_support(y, params, what)
         return y
+
+    def _refuse_no_rows(self, outputs: object, site: str) -> None:
+        """An empty data set is refused before anything is built from it: ``pyro.plate`` of size 0
+        fails with a bare ``ZeroDivisionError``, and torch's argument checks with a reshape error."""
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else np.shape(outputs)
+        if 0 in shape[:-1] or shape == (0,):
+            raise ValueError(
+                f"{self._label} {site!r}: no data rows: the outputs have shape {shape}, 0 examples. "
+                "Pass at least one example (an empty data file, or a filter that kept no rows?)."
+            )
+
+    def _y_shape_hint(
+        self, y: torch.Tensor, yb: tuple[int, ...], batch: tuple[int, ...], params: dict[str, torch.Tensor]
+    ) -> str | None:
+        """The fix for a y whose batch shape differs from the outputs', when this family can
+        tell the cause (``None``: the generic hints of :func:`_shape_hint`). Here: outputs read
+        as a single example, their last dimension as its channels, against y with many."""
+        if batch or not yb or self.num_outputs == 1:
+            return None
+        channels = self.num_outputs or "channels"
+        return (
+            f" The outputs give one example, their last dimension read as its channels, while y holds {yb[0]} "
+            f"examples: give outputs of shape ({yb[0]}, {channels}), one row per example."
+        )
 
     def _support(self, params: dict[str, torch.Tensor]) -> constraints.Constraint:
         return self.support
@@ -309,6 +369,7 @@ class Likelihood:
         return self._distribution(**self.parameters(outputs))
 
     def _prepare(self, outputs: torch.Tensor, y: object, site: str):
+        self._refuse_no_rows(outputs, site)
         y_shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
         params = self.parameters(outputs, y_shape)
         d = self._distribution(**params)
@@ -323,6 +384,7 @@ class Likelihood:
         otherwise a plate named ``f"{name}_obs"`` over the rightmost batch dimension is opened.
         """
         if obs is None:
+            self._refuse_no_rows(outputs, name)
             d = self.distribution(outputs)
         else:
             _, d, obs = self._prepare(outputs, obs, name)
@@ -350,6 +412,12 @@ class Likelihood:
 
     def _classical(self, y: torch.Tensor, **params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def one_hot_rows(y: torch.Tensor) -> bool:
+    """Whether every row of ``y`` (along the last dimension) is a one-hot vector: all 0 or 1,
+    exactly one 1."""
+    return bool(((y == 0) | (y == 1)).all()) and bool((y.sum(-1) == 1).all())
 
 
 def _shape_hint(y_shape: tuple[int, ...], yb: tuple[int, ...], batch: tuple[int, ...]) -> str:

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import constraints
 
 from . import links
-from .base import Likelihood, Param
+from .base import Likelihood, Param, one_hot_rows
 
 
 class Bernoulli(Likelihood, name="bernoulli"):
@@ -33,6 +33,14 @@ class Bernoulli(Likelihood, name="bernoulli"):
     support = constraints.boolean
     support_text = "0 or 1"
     support_fix = "Encode labels as 0/1, or use Categorical for more than two classes."
+
+    def _y_shape_hint(self, y, yb, batch, params):
+        if yb == batch + (2,) and one_hot_rows(y):
+            return (
+                f" y of shape {tuple(y.shape)} holds one-hot rows; Bernoulli observes one 0/1 label per example: "
+                "pass y.argmax(-1) (1 where the second column is set)."
+            )
+        return super()._y_shape_hint(y, yb, batch, params)
 
     def _distribution(self, logits):
         return dist.Bernoulli(logits=logits)
@@ -85,6 +93,25 @@ class Categorical(Likelihood, name="categorical"):
     def _support_text(self, params):
         k = params["logits"].shape[-1]
         return f"integer class labels in 0..{k - 1} (K={k} from the outputs)"
+
+    def _y_shape_hint(self, y, yb, batch, params):
+        logits = params["logits"]
+        k = logits.shape[-1]
+        if not batch and len(yb) == 1 and logits.dim() == 1:
+            n = yb[0]
+            return (
+                f" The logits have shape {tuple(logits.shape)}, read as one example over {k} classes, while y holds "
+                f"{n} examples. Categorical logits must be (N, K), one column per class: a network with a single "
+                f"output per example (one logit) needs Bernoulli instead; for K classes give it K output columns "
+                f"(shape ({n}, K))."
+            )
+        if yb == batch + (k,):
+            what = "holds one-hot labels" if one_hot_rows(y) else "has one column per class"
+            return (
+                f" y of shape {tuple(y.shape)} {what}; Categorical observes one class index per example, "
+                f"shape {batch}: pass class indices (y.argmax(-1))."
+            )
+        return super()._y_shape_hint(y, yb, batch, params)
 
     def _distribution(self, logits):
         return dist.Categorical(logits=logits)
