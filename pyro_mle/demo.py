@@ -192,13 +192,13 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
 
 def _shelf(seed: int, quick: bool) -> list[dict]:
     from .fit import fit
-    from .model_files import builtin_models, load_model_file
+    from .model_files import builtin_models, call_load_data, load_model_file
     from .results import ConvergenceWarning
 
     rows, report = [], []
     for name in builtin_models():
         mf = load_model_file(name)
-        x, y = mf.load_data(seed=seed)
+        x, y = call_load_data(mf, seed=seed)
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported in the table instead
