@@ -27,16 +27,24 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None, file: IO[st
     :param file: where to write (default ``sys.stderr`` at the time of the call).
     """
     from tqdm.auto import tqdm
-    from tqdm.std import tqdm as terminal_tqdm
 
     file = sys.stderr if file is None else file
     if enabled is False:
-        return terminal_tqdm(total=total, disable=True)
-    if tqdm is not terminal_tqdm:  # tqdm.auto found a notebook kernel with ipywidgets: a widget
+        return tqdm(total=total, disable=True)
+    if _in_notebook():
         return tqdm(total=total, desc=desc)
     if _isatty(file):
-        return terminal_tqdm(total=total, desc=desc, file=file, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, file=file, dynamic_ncols=True)
     return LineProgress(total, desc, file)
+
+
+def _in_notebook() -> bool:
+    """Whether ``tqdm.auto`` found a Jupyter kernel with ipywidgets (and so draws widgets)."""
+    import tqdm.auto  # noqa: F401 - imports autonotebook first, silencing its notebook-mode warning
+    from tqdm.autonotebook import tqdm as notebook_tqdm
+    from tqdm.std import tqdm as std_tqdm
+
+    return notebook_tqdm is not std_tqdm
 
 
 def _isatty(stream: IO[str]) -> bool:
