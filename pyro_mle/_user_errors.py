@@ -47,6 +47,9 @@ class Location:
 def first_line(error: BaseException) -> str:
     """The first non-blank line of the error's message (Pyro appends a table of trace shapes),
     and for a ``KeyError`` its key; the type name when there is no message."""
+    cause = error.__cause__
+    if type(cause) is type(error) and str(error).startswith(str(cause)):  # Pyro's copy with trace shapes
+        return first_line(cause)
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     for line in text.splitlines():
         if line.strip():
@@ -82,7 +85,7 @@ def describe(error: BaseException, model_path: str | os.PathLike | None = None) 
     prefix = f"model file {str(model_path)!r}"
     if message.startswith(prefix):  # already names the file (an import failure): add the line
         message = message[len(prefix) :].lstrip(" :")
-    elif not isinstance(error, ValueError):
+    elif not isinstance(error, ValueError) and message != type(error).__name__:
         message = f"{type(error).__name__}: {message}"
     return f"{where}: {message} (fix the model file there; --debug shows the traceback)"
 

@@ -3,9 +3,11 @@
 * a terminal or a Jupyter notebook: a ``tqdm.auto`` bar (a widget in a notebook);
 * anything else (stderr redirected to a file, a CI log, a pipe): one line every
   :data:`LINE_INTERVAL` seconds with the step, the loss and the rate, and a last line when a
-  run that printed any ends. A run shorter than the interval prints nothing.
+  run that printed any ends. With ``progress=None`` (the default of :func:`~pyro_mle.fit`) a
+  run shorter than the interval prints nothing, so that a log holds only what is slow; with
+  ``progress=True`` the first step is reported at once.
 
-``progress=False`` silences both; ``None`` (the default of :func:`~pyro_mle.fit`) shows one.
+``progress=False`` silences both.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None, file: IO[st
     (``update``, ``set_postfix``, ``reset``, ``close``, ``disable``).
 
     :param enabled: ``False``: silent; ``True`` or ``None``: a bar on a terminal or in a
-        notebook, timed lines elsewhere.
+        notebook, timed lines elsewhere (from the first step with ``True``, after
+        :data:`LINE_INTERVAL` seconds with ``None``).
     :param file: where to write (default ``sys.stderr`` at the time of the call).
     """
     from tqdm.auto import tqdm
@@ -35,7 +38,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None = None, file: IO[st
         return tqdm(total=total, desc=desc)
     if _isatty(file):
         return tqdm(total=total, desc=desc, file=file, dynamic_ncols=True)
-    return LineProgress(total, desc, file)
+    return LineProgress(total, desc, file, first=enabled is True)
 
 
 def _in_notebook() -> bool:
@@ -56,12 +59,21 @@ def _isatty(stream: IO[str]) -> bool:
 
 class LineProgress:
     """tqdm's interface, reporting as plain lines for logs and pipes:
-    ``MLE (lbfgs): step 1200/5000, loss 3.14159, 118 steps/s, 10 s``."""
+    ``MLE (lbfgs): step 1200/5000, loss=3.14159, 118 steps/s, 10 s``; the first step at once
+    when ``first``, then one line every ``interval`` seconds."""
 
     disable = False
 
-    def __init__(self, total: int, desc: str, file: IO[str], interval: float | None = None, clock=time.monotonic):
-        self.total, self.desc, self.file = total, desc, file
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        file: IO[str],
+        interval: float | None = None,
+        clock=time.monotonic,
+        first: bool = False,
+    ):
+        self.total, self.desc, self.file, self.first = total, desc, file, first
         self.interval = LINE_INTERVAL if interval is None else interval
         self.clock = clock
         self.postfix: dict[str, object] = {}
@@ -81,7 +93,7 @@ class LineProgress:
     def update(self, steps: int = 1) -> None:
         self.n += steps
         now = self.clock()
-        if not self.disable and now - self.last >= self.interval:
+        if not self.disable and (now - self.last >= self.interval or (self.first and not self.printed)):
             self.last = now
             self._line(now)
 
@@ -94,9 +106,9 @@ class LineProgress:
     def _line(self, now: float, done: bool = False) -> None:
         elapsed = max(now - self.start, 1e-9)
         parts = [f"step {self.n}/{self.total}" if self.total else f"step {self.n}"]
-        parts += [f"{k} {v}" for k, v in self.postfix.items()]
+        parts += [f"{k}={v}" for k, v in self.postfix.items()]
         parts += [f"{self.n / elapsed:.3g} steps/s", f"{elapsed:.0f} s"]
-        text = f"{self.desc}: {'done, ' if done else ''}{', '.join(parts)}"
+        text = f"{self.desc}: {'ended at ' if done else ''}{', '.join(parts)}"
         try:
             print(text, file=self.file, flush=True)
         except (OSError, ValueError):  # a closed or broken log stream must not stop the run
