@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="progress",
         action="store_true",
         default=None,
-        help="show progress (the default): a bar on a terminal, a line every few seconds in a log",
+        help="progress from the first step (default: a bar on a terminal, and in a log a line every few "
+        "seconds once a run takes that long)",
     )
     bar.add_argument("-q", "--quiet", "--no-progress", dest="progress", action="store_false", help="no progress")
 
