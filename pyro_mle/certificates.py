@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import pyro
 import torch
 
+from . import tables
 from .likelihoods import Likelihood
 from .likelihoods.base import example_heads
 
@@ -82,6 +83,4 @@ def format_table(rows: list[Certificate]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+    return tables.format_table(header, body)

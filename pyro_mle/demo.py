@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .likelihoods import Bernoulli, Normal, empirical_kl
+from .tables import format_table
 
 SIGMA = 0.3
 
@@ -69,18 +70,13 @@ def _section(title: str) -> None:
     print(f"\n== {title} ==\n")
 
 
-def _table(header, rows) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    for cells in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
-
-
 def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | None = None) -> int:
     """Run the chapter; write figures, tables and a DataTree to ``out``. Returns the exit code."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from .certificates import certificate_table, format_table
+    from .certificates import certificate_table
+    from .certificates import format_table as certificates_table
     from .compare import compare
     from .fit import fit
     from .plots import plot_certificates, plot_class_probabilities, plot_likelihood_profile
@@ -92,7 +88,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
 
     _section("1. Every loss is a negative log-likelihood")
     rows = certificate_table(n=500 if quick else 2000, seed=seed)
-    print(format_table(rows))
+    print(certificates_table(rows))
     worst = max(r.max_rel_diff for r in rows)
     ok &= worst < 1e-8
     print(f"\nlargest relative difference over {len(rows)} heads: {worst:.1e}")
@@ -107,7 +103,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
     est = np.array([float(mle.params["phi0"]), float(mle.params["phi1"])])
     resid = y.numpy() - design @ lstsq
     ls_loss = (resid**2).sum() / (2 * SIGMA**2) + len(x) * math.log(SIGMA * math.sqrt(2 * math.pi))
-    _table(
+    table = format_table(
         ("", "φ₀", "φ₁", "loss"),
         [
             ("pyro_mle MLE", f"{est[0]:.8f}", f"{est[1]:.8f}", f"{mle.nll:.8f}  (NLL)"),
@@ -120,6 +116,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
             ),
         ],
     )
+    print(table)
     agree = np.abs(est - lstsq).max() < 1e-6 and abs(mle.nll - ls_loss) < 1e-6 * abs(ls_loss)
     ok &= agree
     print(f"\nMLE = least squares: {'yes' if agree else 'NO'}")
@@ -144,7 +141,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
         agree_sk = abs(sk.intercept_[0] - float(b[0])) < 1e-4 and abs(sk.coef_[0, 0] - float(b[1])) < 1e-4
     except ImportError:  # scikit-learn is optional here; the loss identity below does not need it
         agree_sk = True
-    _table(("", "β₀", "β₁", "loss"), rows_c)
+    print(format_table(("", "β₀", "β₁", "loss"), rows_c))
     k = empirical_kl(Bernoulli(), logits, yc)
     print(
         f"\nKL(empirical ‖ model) = cross-entropy − entropy: {float(k.kl):.6f} = {float(k.cross_entropy):.6f} − "
@@ -195,13 +192,13 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, progress: bool | Non
 
 def _shelf(seed: int, quick: bool) -> list[dict]:
     from .fit import fit
-    from .model_files import builtin_models, load_model_file
+    from .model_files import builtin_models, call_load_data, load_model_file
     from .results import ConvergenceWarning
 
     rows, report = [], []
     for name in builtin_models():
         mf = load_model_file(name)
-        x, y = mf.load_data(seed=seed)
+        x, y = call_load_data(mf, seed=seed)
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported in the table instead
@@ -212,7 +209,7 @@ def _shelf(seed: int, quick: bool) -> list[dict]:
         )
         report.append({"model": name, "nll_per_row": result.nll / len(x), "converged": result.converged, "time_s": dt})
     if rows:
-        _table(("model", "likelihood", "loss", "N", "NLL / N", "converged", "time (s)"), rows)
+        print(format_table(("model", "likelihood", "loss", "N", "NLL / N", "converged", "time (s)"), rows))
     else:
         print("no models found (set PYRO_MLE_MODELS to the models/ folder)")
     return report

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,6 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoDelta
 from pyro.poutine.runtime import Message
-from tqdm import tqdm
 
 from . import compile as compiling
 from ._rng import rng_scope, spawn_seeds
@@ -46,6 +44,7 @@ from ._validation import validation
 from .evaluation import Collective, Diverged, Evaluator
 from .objective import METHODS, PointObjective, _inspect, _ScaleObserved, init_to_centre
 from .optim.stopping import default_tolerances
+from .progress import progress_bar
 from .results import ConvergenceWarning, Fit, FitDivergedError, FitInterrupted, NoOptimumWarning
 from .solver import Outcome, Settings, Solver
 from .starts import MODULE_STARTS, break_symmetry, check_reaches_loss
@@ -181,7 +180,9 @@ def fit(
     :param int num_steps: the most optimizer updates.
     :param float lr: step size (see Optimizers).
     :param int seed: seed of the fit's own random state; ``None``: fresh randomness.
-    :param bool progress: show a tqdm bar with the loss; ``None``: when stderr is a terminal.
+    :param bool progress: report progress with the loss (:mod:`pyro_mle.progress`): a
+        ``tqdm.auto`` bar on a terminal or in a notebook, a line every few seconds in a log;
+        ``False``: silent. ``None`` (default) and ``True`` are the same.
     :param float rtol: relative loss-change tolerance (see Convergence).
     :param float gtol: relative-gradient tolerance (see Convergence).
     :param callable init_loc_fn: initial values of latent sites (see Start).
@@ -245,8 +246,6 @@ def _fit(
             raise ValueError(f"{caller}(model): {name} must be a positive number; got {value!r}.")
     if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
         raise ValueError(f"{caller}(model): seed must be a non-negative integer or None; got {seed!r}.")
-    if progress is None:
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     # every process of a data-parallel fit draws its own minibatches
     stream = seed if collective is None or seed is None else spawn_seeds(seed, rank + 1)[rank]
     init = init_loc_fn or init_to_centre
@@ -295,13 +294,7 @@ def _fit(
             num_data=num_data,
             jit=_use_trace(jit, optimizer, num_steps, cache),
         )
-        bar = tqdm(
-            total=num_steps,
-            desc=f"{method.upper()} ({optimizer})",
-            disable=not progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(num_steps, f"{method.upper()} ({optimizer})", progress)
 
         def on_loss(loss: float) -> None:
             if not bar.disable:

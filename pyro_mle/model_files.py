@@ -22,6 +22,7 @@ variable ``PYRO_MLE_MODELS``); any other file is loaded by its path.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -119,3 +120,42 @@ def load_model_file(name_or_path: str | os.PathLike) -> ModelFile:
         y_columns=tuple(getattr(module, "Y_COLUMNS", ("y",))),
         module=module,
     )
+
+
+def call_load_data(mf: ModelFile, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mf.load_data`` called with the subset of ``(n, seed)`` its signature takes.
+
+    ``n=None`` keeps the function's own default size. A ``load_data`` without an ``n``
+    parameter refuses an explicit ``n``; one without ``seed`` is called without it (its data
+    are fixed). Other parameters must have defaults.
+    """
+    where = f"model file {str(mf.path)!r}: load_data"
+    try:
+        params = inspect.signature(mf.load_data).parameters
+    except (TypeError, ValueError):  # a callable without a signature: call it as documented
+        return mf.load_data(seed=seed) if n is None else mf.load_data(n=n, seed=seed)
+    names = {p.name for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    required = [
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in ("n", "seed")
+    ]
+    if required:
+        raise ValueError(
+            f"{where}() requires {', '.join(map(repr, required))}; it may take only n and seed (both optional). "
+            "Give those parameters defaults."
+        )
+    if n is None and "n" in params and params["n"].default is inspect.Parameter.empty:
+        raise ValueError(f"{where}(n, ...) has no default number of rows; pass --n.")
+    kwargs: dict[str, int] = {}
+    if n is not None:
+        if "n" not in names and not open_kw:
+            raise ValueError(f"{where}() takes no 'n', so the number of rows is fixed; drop --n.")
+        kwargs["n"] = n
+    if "seed" in names or open_kw:
+        kwargs["seed"] = seed
+    return mf.load_data(**kwargs)
+
