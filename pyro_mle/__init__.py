@@ -6,8 +6,8 @@ classical loss (least squares, cross-entropy, ...).
 
 from . import data, distributed, handlers, likelihoods, optim
 from ._validation import validation, validation_enabled
-from .compile import TRACE_CACHE, clear_trace_cache
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
+from .compile import TRACE_CACHE, clear_trace_cache
 from .data import MemoryMappedRows
 from .datatree import loo_pit, to_datatree
 from .diagnostics import DiagnosticWarning

@@ -199,7 +199,8 @@ class TraceCache:
     the interpreted program (loss and gradient at the start, loss at the estimate) and dropped
     if it disagrees. A trace that :func:`pyro_mle.fit` chooses by itself for a second fit must
     reproduce the program bit for bit (TorchScript's own derivative formulas can round
-    differently), so that the same call gives the same estimate whether it ran traced or not. ``maxsize`` entries at most; :func:`pyro_mle.clear_trace_cache` empties it.
+    differently), so that the same call gives the same estimate whether it ran traced or not.
+    ``maxsize`` entries at most; :func:`pyro_mle.clear_trace_cache` empties it.
     """
 
     def __init__(self, maxsize: int = 32):
@@ -209,7 +210,15 @@ class TraceCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(model: Any, method: str, args: tuple, kwargs: dict, names: list[str], params: list[torch.Tensor], constraints: list[Any]) -> Any:
+    def key(
+        model: Any,
+        method: str,
+        args: tuple,
+        kwargs: dict,
+        names: list[str],
+        params: list[torch.Tensor],
+        constraints: list[Any],
+    ) -> Any:
         parts = tuple((n, tuple(p.shape), p.dtype, p.device, repr(c)) for n, p, c in zip(names, params, constraints))
         try:
             key = (id(model), method, _describe(tuple(args)), _describe(dict(kwargs)), parts)

@@ -158,4 +158,3 @@ def call_load_data(mf: ModelFile, n: int | None = None, seed: int = 0) -> tuple[
     if "seed" in names or open_kw:
         kwargs["seed"] = seed
     return mf.load_data(**kwargs)
-

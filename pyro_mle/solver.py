@@ -256,7 +256,10 @@ class Solver:
         if (
             self.collective is None
             and not spent
-            and ((self.size <= _NEWTON_ALWAYS and self._needs_finish(result, converged)) or (not converged and self.size <= _NEWTON_MAX))
+            and (
+                (self.size <= _NEWTON_ALWAYS and self._needs_finish(result, converged))
+                or (not converged and self.size <= _NEWTON_MAX)
+            )
         ):
             newton_run = self._newton()
             if newton_run is not None:
