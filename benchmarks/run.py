@@ -15,17 +15,24 @@ medians and their ratio against the target of issue 6:
   one-off costs (pyro_mle's checks, tracing and final full-data NLL; the optimiser's
   first-step imports) are left out on both sides; whole-run times are in the JSON. Plain
   Pyro SVI (Trace_ELBO, JitTrace_ELBO) is shown for context.
+* ``adam-load``: the same at N = 10⁴ with one busy process per core started by the benchmark
+  beside both sides (a CI runner, a shared server): target ≤ 1.5x the loop under the same load.
 * ``lstsq``: time to the least-squares answer (every coefficient within 1e-6 of it), float64,
-  :func:`pyro_mle.fit` (L-BFGS) against :func:`numpy.linalg.lstsq`.
+  :func:`pyro_mle.fit` (L-BFGS) against :func:`numpy.linalg.lstsq`. Two rows per size: the
+  *first fit* of the program and shapes in the process (the trace cache emptied before each)
+  and a *repeated fit* (refits, cross-validation, bootstraps: the cached trace reused).
 * ``logistic``: time to the unpenalised logistic regression answer, float64, against
   scikit-learn's ``LogisticRegression(C=inf)`` (L-BFGS), both stopping on the same test
-  (largest gradient entry of the mean loss ≤ 1e-7), both checked within 1e-5 of a tight fit.
+  (largest gradient entry of the mean loss ≤ 1e-7), both checked within 1e-5 of a tight fit;
+  first and repeated fits as for ``lstsq``.
 * ``nuts``: Bayesian logistic regression (N = 1000, D = 10, 500 warm-up + 500 draws, one chain):
   :func:`pyro_mle.posterior` against raw Pyro NUTS with ``jit_compile=True`` (wall time), and,
   when NumPyro is installed (``pip install -e .[bench]``), effective sample size per second
   against NumPyro in a fresh process (compilation included, imports not).
 * ``streaming``: a fit on 10⁵, 10⁶, 10⁷ rows memory-mapped from ``.npy`` files in minibatches
   of 10⁴ (a fresh process per size): rows per second and peak memory.
+* ``csv``: reading 10⁶ rows x 3 columns of CSV (:mod:`benchmarks.csv_read`) against
+  ``pandas.read_csv`` alone.
 
 The table is printed and written as JSON (``--out``, default ``benchmarks/results.json``).
 Timings depend on the machine and on what else runs on it: the JSON records the load average
@@ -161,7 +168,32 @@ def _clock_fit_steps(clock: _StepClock):
         run_class.evaluate = evaluate
 
 
-def adam(n: int, steps: int, repeats: int, context: bool) -> list[Row]:
+@contextlib.contextmanager
+def _busy_cores(count: int | None = None):
+    """One process per core spinning in a Python loop while the block runs: the load of a CI
+    runner or a shared server, started and stopped by the benchmark itself."""
+    count = count or os.cpu_count() or 1
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    time.sleep(0.5)  # let the scheduler see them
+    try:
+        yield count
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
+
+
+def adam(n: int, steps: int, repeats: int, context: bool, loaded: bool = False) -> list[Row]:
+    """Time per Adam step against the hand-written loop; ``loaded``: with one busy process per
+    core beside both sides (:func:`_busy_cores`)."""
+    if loaded:
+        with _busy_cores() as busy:
+            rows = adam(n, steps, repeats, context=False)
+        for row in rows:
+            row.name += f", under load ({busy} busy processes)"
+            row.details["busy_processes"] = busy
+        return rows
     x, y = problems.linear_gaussian(n, torch.float32)
     lr = 1e-3  # small enough that neither side converges within the steps
 
@@ -236,13 +268,24 @@ def adam(n: int, steps: int, repeats: int, context: bool) -> list[Row]:
 
 
 # --------------------------------------------------------------------------- least squares
-def lstsq(n: int, repeats: int) -> Row:
+def _first_fit(*args: Any, **kwargs: Any) -> pyro_mle.Fit:
+    """A fit as the first of its program and shapes in the process: with an empty trace cache."""
+    pyro_mle.clear_trace_cache()
+    return _quiet_fit(*args, **kwargs)
+
+
+def _which(first: bool) -> tuple[Callable[..., pyro_mle.Fit], str]:
+    return (_first_fit, "first fit") if first else (_quiet_fit, "repeated fit")
+
+
+def lstsq(n: int, repeats: int, first: bool = False) -> Row:
     x, y = problems.linear_gaussian(n, torch.float64)
     X1, Y = np.c_[x.numpy(), np.ones(n)], y.numpy()
+    run, which = _which(first)
     times, out = interleaved(
         {
             "numpy": lambda: np.linalg.lstsq(X1, Y, rcond=None)[0],
-            "ours": lambda: _quiet_fit(problems.least_squares_model, x, y),
+            "ours": lambda: run(problems.least_squares_model, x, y),
         },
         repeats,
     )
@@ -252,27 +295,28 @@ def lstsq(n: int, repeats: int) -> Row:
     if error > 1e-6:
         raise RuntimeError(f"lstsq benchmark: pyro_mle.fit is {error:.2g} from the answer (> 1e-6)")
     return Row(
-        f"least squares to 1e-6, N=10^{round(math.log10(n))}",
+        f"least squares to 1e-6, N=10^{round(math.log10(n))}, {which}",
         times["ours"],
         times["numpy"],
         "numpy.linalg.lstsq",
         times["ours"] / times["numpy"],
-        "<= 2",
+        "<= 2" if first else "<= 2.5",
         details={"n": n, "max_abs_error": error, "lbfgs_steps": result.num_steps},
     )
 
 
 # --------------------------------------------------------------------------- logistic regression
-def logistic(n: int, repeats: int) -> Row:
+def logistic(n: int, repeats: int, first: bool = False) -> Row:
     from sklearn.linear_model import LogisticRegression
 
     X, Y = problems.logistic(n)
     x, y = torch.as_tensor(X), torch.as_tensor(Y)
     tol = 1e-7  # pyro_mle's default gtol in float64: the same gradient test on both sides
+    run, which = _which(first)
     times, out = interleaved(
         {
             "sklearn": lambda: LogisticRegression(C=np.inf, tol=tol, max_iter=10_000).fit(X, Y),
-            "ours": lambda: _quiet_fit(problems.logistic_model, x, y),
+            "ours": lambda: run(problems.logistic_model, x, y),
         },
         repeats,
     )
@@ -286,12 +330,12 @@ def logistic(n: int, repeats: int) -> Row:
     if max(errors.values()) > 1e-5:
         raise RuntimeError(f"logistic benchmark: a solver is off the answer by more than 1e-5: {errors}")
     return Row(
-        f"logistic regression to 1e-5, N=10^{round(math.log10(n))}",
+        f"logistic regression to 1e-5, N=10^{round(math.log10(n))}, {which}",
         times["ours"],
         times["sklearn"],
         "sklearn LogisticRegression",
         times["ours"] / times["sklearn"],
-        "<= 1.5",
+        "<= 1.5" if first else "<= 1.3",
         details={"n": n, "max_abs_error": errors, "lbfgs_steps": result.num_steps, "sklearn_iter": int(sk.n_iter_[0])},
     )
 
@@ -485,11 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a minute or two)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--only", nargs="+", choices=["adam", "lstsq", "logistic", "nuts", "streaming"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["adam", "adam-load", "lstsq", "logistic", "nuts", "streaming", "csv"]
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats per comparison (default 5, quick 3)")
     parser.add_argument("--threads", type=int, help="torch and BLAS threads (default: the libraries' own)")
     args = parser.parse_args(argv)
-    only = set(args.only or ["adam", "lstsq", "logistic", "nuts", "streaming"])
+    only = set(args.only or ["adam", "adam-load", "lstsq", "logistic", "nuts", "streaming", "csv"])
     repeats = args.repeats or (3 if args.quick else 5)
     env = dict(os.environ)
     if args.threads:
@@ -508,12 +554,19 @@ def main(argv: list[str] | None = None) -> int:
     if "adam" in only:
         rows += adam(10_000, 1000, repeats, context=not args.quick)
         rows += adam(1_000_000, 200, max(1, repeats - 2), context=False)
+    if "adam-load" in only:
+        rows += adam(10_000, 300 if args.quick else 1000, repeats, context=False, loaded=True)
+    sizes = (10_000, 100_000, 1_000_000) if not args.quick else (10_000, 100_000)
     if "lstsq" in only:
-        for n in (10_000, 100_000, 1_000_000) if not args.quick else (10_000, 100_000):
-            rows.append(lstsq(n, repeats))
+        for n in sizes:
+            rows += [lstsq(n, repeats, first=True), lstsq(n, repeats)]
     if "logistic" in only:
-        for n in (10_000, 100_000, 1_000_000) if not args.quick else (10_000, 100_000):
-            rows.append(logistic(n, repeats))
+        for n in sizes:
+            rows += [logistic(n, repeats, first=True), logistic(n, repeats)]
+    if "csv" in only:
+        from .csv_read import csv_read
+
+        rows.append(csv_read(1_000_000, max(1, repeats - 2)))
     if "nuts" in only:
         rows += nuts(max(1, repeats - 2), 1 if args.quick else 3, env)
     if "streaming" in only:

@@ -144,6 +144,8 @@ class Compiled:
 
 
 # ---------------------------------------------------------------------------- the cache
+#: how deep into nested tuples, lists and dicts of arguments a key looks
+_DEPTH = 4
 #: what a key can hold of a plain argument (its value); other objects count by identity
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 
@@ -157,9 +159,9 @@ def data_tensors(args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...] | None:
         if isinstance(value, torch.Tensor):
             found.append(value)
             return True
-        if isinstance(value, (tuple, list)) and depth < 2:
+        if isinstance(value, (tuple, list)) and depth < _DEPTH:
             return all(visit(v, depth + 1) for v in value)
-        if isinstance(value, dict) and depth < 2:
+        if isinstance(value, dict) and depth < _DEPTH:
             return all(visit(v, depth + 1) for v in value.values())
         return True
 
@@ -178,9 +180,9 @@ def _describe(value: Any, depth: int = 0) -> Any:
         return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
     if isinstance(value, _PLAIN):
         return (type(value).__name__, value)
-    if isinstance(value, (tuple, list)) and depth < 2:
+    if isinstance(value, (tuple, list)) and depth < _DEPTH:
         return (type(value).__name__, tuple(_describe(v, depth + 1) for v in value))
-    if isinstance(value, dict) and depth < 2:
+    if isinstance(value, dict) and depth < _DEPTH:
         return ("dict", tuple((k, _describe(v, depth + 1)) for k, v in value.items()))
     return ("object", id(value))
 

@@ -251,9 +251,11 @@ def _fit(
     init = init_loc_fn or init_to_centre
 
     with rng_scope(stream), pyro.get_param_store().scope(), contextlib.ExitStack() as stack:
+        stack.enter_context(threads_for(*work_elements(args, kwargs)))
         structure = _inspect(model, args, kwargs, init)
-        fraction = min((b / n for n, b, *_ in structure.subsample.values()), default=1.0)
-        stack.enter_context(threads_for(*work_elements(args, kwargs, fraction)))
+        if structure.subsample:  # each step reads only its minibatch
+            fraction = min(b / n for n, b, *_ in structure.subsample.values())
+            stack.enter_context(threads_for(*work_elements(args, kwargs, fraction)))
         if optimizer is None:
             optimizer = "adam" if structure.subsample else "lbfgs"
         elif optimizer == "lbfgs" and structure.subsample:

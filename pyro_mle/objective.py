@@ -138,7 +138,14 @@ def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable |
     check_arguments("fit(model)", model, args, kwargs)
     init = InitMessenger(_unsampleable_named(init_loc_fn or init_to_centre))
     with pyro.validation_enabled(True), validation(True), _PlateIndices(), init, _CopyInitialValues():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+        try:
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        except ZeroDivisionError as e:
+            # Pyro divides by a plate's size for its scale: a plate of size 0 has no rows
+            raise ValueError(
+                "fit(model): no data rows: a pyro.plate of the model has size 0 (an empty data set). "
+                "Pass at least one row of x and y."
+            ) from e
     order, latent, params, observed = [], [], [], []
     subsample: dict[str, tuple[int, int, Any]] = {}
     num_data = 0.0

@@ -49,8 +49,8 @@ def test_fit_with_jit_runs_the_compiled_objective(data, monkeypatch):
     traced, agreed, calls = [], [], []
     trace_objective, agrees = compiling.trace_objective, compiling.agrees
 
-    def recording_trace(objective, params, data=()):
-        compiled, why = trace_objective(objective, params, data)
+    def recording_trace(objective, params, data=(), exact=False):
+        compiled, why = trace_objective(objective, params, data, exact)
         traced.append((compiled, why))
         if compiled is None:
             return compiled, why
@@ -61,8 +61,8 @@ def test_fit_with_jit_runs_the_compiled_objective(data, monkeypatch):
 
         return counted, why
 
-    def recording_agrees(objective, compiled, params, grads=False):
-        result = agrees(objective, compiled, params, grads)
+    def recording_agrees(objective, compiled, params, grads=False, exact=False):
+        result = agrees(objective, compiled, params, grads, exact)
         with torch.no_grad():  # compiling.agrees allows 1e-9; rounding is 1e-12 here
             interpreted, traced_value = float(objective()), float(compiled(*params))
         agreed.append(result and traced_value == pytest.approx(interpreted, rel=1e-12))
