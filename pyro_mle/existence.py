@@ -183,7 +183,7 @@ def separation(trace_fn: Callable[[], Any], params: list[torch.Tensor], max_size
     with torch.enable_grad():
         trace = trace_fn()
         found = []
-        if not _only_classification(trace):
+        if not only_classification(trace):
             return found  # a prior or a penalty (a factor) can bound the loss despite separation
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or not site["is_observed"]:
@@ -248,7 +248,7 @@ def _certified_apart(jac: np.ndarray, weights: np.ndarray) -> bool:
     return bool(smallest > 0 and residual / smallest <= _LP_THRESHOLD * keep.sum())
 
 
-def _only_classification(trace: Any) -> bool:
+def only_classification(trace: Any) -> bool:
     """Whether every term of the objective is an observed Bernoulli or Categorical site."""
     for site in trace.nodes.values():
         if site["type"] != "sample" or site["mask"] is False or site["infer"].get("_deterministic"):

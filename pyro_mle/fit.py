@@ -394,7 +394,13 @@ def _make_fit(
     message: str,
     run: Outcome | None,
 ) -> Fit:
-    nll = obj.full_data_nll()
+    if obj.compiled is not None and settings.method == "mle" and ev.collective is None and not obj.structure.subsample:
+        # the MLE objective over the full batch is the NLL itself: one run of the trace
+        # instead of a sweep through the program's handlers
+        with torch.no_grad():
+            nll = float(obj.loss())
+    else:
+        nll = obj.full_data_nll()
     if ev.collective is not None:  # each process swept its own rows
         nll = ev.collective.sum(nll)
     structure = obj.structure

@@ -132,6 +132,7 @@ class Solver:
         )
         self.size = sum(p.numel() for p in obj.params)
         self.recent: deque[torch.Tensor] = deque(maxlen=_RAY_MEMORY)
+        self._is_classification: bool | None = None
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Outcome:
@@ -311,13 +312,26 @@ class Solver:
         if not converged or result.curvature is None or self.obj.params[0].dtype != torch.float64:
             return True  # float32 rounding hides what the pairs would show
         low, high = result.curvature
-        return not (low > 0 and high <= _PAIRS_CONDITION * low)
+        if not (low > 0 and high <= _PAIRS_CONDITION * low):
+            return True
+        # Without a finish, a classifier's optimum must be shown to exist by the separation
+        # test, whose linear programme costs far more than the Hessian that certifies it
+        # (100 ms against 3.5 ms for logistic regression on 10⁴ rows).
+        return self._classification()
+
+    def _classification(self) -> bool:
+        """Whether every term of the objective is an observed Bernoulli or Categorical site
+        (where classes can be separated); read from one trace, once."""
+        if self._is_classification is None:
+            with torch.no_grad():
+                self._is_classification = existence.only_classification(self.obj.trace())
+        return self._is_classification
 
     def _value(self, x: torch.Tensor) -> float:
         self.obj.set_flat(x)
         try:
             with torch.no_grad():
-                return float(self.obj()[0])
+                return float(self.obj.loss())
         except (ValueError, RuntimeError):
             return math.nan
 
@@ -392,7 +406,8 @@ class Solver:
         ray = outcome.converged and bool(self.recent) and not certified
         ray = ray and existence.runs_off(self._value, x_hat, x_hat - self.recent[0], loss)
         obj.set_flat(x_hat)
-        separated = [] if ray or edge or certified else existence.separation(obj.trace, obj.params)
+        test_separation = not (ray or edge or certified) and self._classification()
+        separated = existence.separation(obj.trace, obj.params) if test_separation else []
         if edge or ray or separated:
             outcome.converged, outcome.no_optimum = False, True
             discrete = bool(separated) or any(self._observed_discrete())

@@ -77,6 +77,7 @@ def test_reused_trace_gives_the_interpreted_estimate_bit_for_bit():
         again = pyro_mle.fit(linear, x, y)  # traced, then reused
         np.testing.assert_array_equal(estimate(again), estimate(first))
         assert again.losses == first.losses
+        assert again.nll == pytest.approx(first.nll, rel=1e-14)  # from the trace, not a sweep
 
 
 def test_a_closure_over_changed_data_is_caught_at_the_start():

@@ -117,19 +117,19 @@ def lbfgs(
         rel = relative_change(new, loss)
         grad_norm = relative_gradient(flat_grad(params), cache["x"], new, num_data)
         loss = new
-        if near is not None and near(evaluations, rel, grad_norm):
-            return result(
-                True,
-                False,
-                f"near the optimum after {steps} L-BFGS steps: relative loss change {rel:.2g}, relative gradient "
-                f"{grad_norm:.2g}.",
-            )
         if rel <= rtol and grad_norm <= gtol:
             return result(
                 True,
                 False,
                 f"converged after {steps} L-BFGS steps: relative loss change {rel:.2g} <= rtol {rtol:g}, "
                 f"relative gradient {grad_norm:.2g} <= gtol {gtol:g}.",
+            )
+        if near is not None and near(evaluations, rel, grad_norm):
+            return result(
+                True,
+                False,
+                f"near the optimum after {steps} L-BFGS steps: relative loss change {rel:.2g}, relative gradient "
+                f"{grad_norm:.2g}.",
             )
         if torch.equal(cache["x"], before):  # the line search found no lower loss
             if grad_norm <= gtol:
