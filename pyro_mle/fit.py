@@ -91,7 +91,11 @@ def fit(
         damped Newton steps on the exact Hessian from autograd, solved with a pivoted
         factorisation (:func:`pyro_mle.optim.newton.newton`, the way IRLS solves GLMs): an
         ill-conditioned least-squares problem such as NIST's Longley data, unscaled, comes
-        out as ``numpy.linalg.lstsq`` gives it.
+        out as ``numpy.linalg.lstsq`` gives it. The finish is skipped only where it would add
+        nothing: a float64 regression (no Bernoulli/Categorical likelihood, whose optimum's
+        existence the Hessian certifies) that L-BFGS brought to the caller's tolerances with
+        curvatures along its steps within a factor 1,000 of each other, in fewer evaluations
+        than a Hessian costs (one backward pass per parameter, about half an evaluation each).
       * ``"adam"`` (default when a ``pyro.plate(..., subsample_size=...)`` subsamples):
         :class:`torch.optim.Adam`, learning rate ``lr`` (0.01) decayed geometrically to
         ``lr/10`` over ``num_steps``.
@@ -158,10 +162,19 @@ def fit(
     log-likelihood); plates that do not subsample reuse their index tensor. A plate that
     subsamples B ≤ N/100 of its N rows draws each minibatch in O(B) time and memory, so data
     memory-mapped from disk (:class:`pyro_mle.data.MemoryMappedRows`) can have any number of
-    rows. With ``jit`` (default: for Adam runs of at least 200 steps) the objective is traced
-    once with :func:`torch.jit.trace` (:mod:`pyro_mle.compile`) and used only if it reproduces
-    the interpreted loss and gradient; it is checked again at the estimate, and a program whose
-    Python decisions depend on parameter values is fitted again, interpreted.
+    rows. With ``jit`` the objective is traced once with :func:`torch.jit.trace`
+    (:mod:`pyro_mle.compile`), its argument tensors inputs of the trace, and used only if it
+    reproduces the interpreted loss and gradient; it is checked again at the estimate, and a
+    program whose Python decisions depend on parameter values is fitted again, interpreted.
+    By default a trace is made for Adam runs of at least 200 steps, and for the second fit of
+    the same program with arguments of the same shapes (refits, cross-validation folds,
+    bootstraps, :func:`~pyro_mle.compare`): traces are kept in
+    :data:`~pyro_mle.compile.TRACE_CACHE` (32 at most, :func:`~pyro_mle.clear_trace_cache`)
+    and reused, after a check at the start, on new data of the same shapes. A trace the fit
+    chooses by itself must reproduce the program bit for bit, so the same call gives the same
+    estimate whether it ran traced or not. Threads: a fit whose evaluations touch fewer than
+    4·10⁶ elements runs on one CPU thread (threads waiting for each other cost more than they
+    gain there, many times more on a busy machine); the caller's setting is restored after.
 
     Usage::
 
@@ -187,7 +200,8 @@ def fit(
     :param float gtol: relative-gradient tolerance (see Convergence).
     :param callable init_loc_fn: initial values of latent sites (see Start).
     :param bool jit: trace the objective with TorchScript (see Speed); ``None``: for Adam
-        runs of at least 200 steps, where the one-off tracing cost pays.
+        runs of at least 200 steps, where the one-off tracing cost pays, and for programs met
+        before with arguments of the same shapes (the trace cache); ``False``: never.
     :param kwargs: keyword arguments of the model.
     :returns: a :class:`~pyro_mle.results.Fit`.
     :raises FitDivergedError: when the loss becomes NaN or infinite.
