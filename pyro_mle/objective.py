@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ class _Structure:
     num_data: float
 
 
+def _raised_in_pyro(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside Pyro's own code (its innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}pyro{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable | None = None) -> _Structure:
     """Trace the model once, with validation on, and refuse what cannot be fitted.
 
@@ -141,7 +150,10 @@ def _inspect(model: Callable, args: tuple, kwargs: dict, init_loc_fn: Callable |
         try:
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         except ZeroDivisionError as e:
-            # Pyro divides by a plate's size for its scale: a plate of size 0 has no rows
+            # Pyro divides by a plate's size for its scale: a plate of size 0 has no rows. A
+            # division by zero in the program itself is the program's own error.
+            if not _raised_in_pyro(e):
+                raise
             raise ValueError(
                 "fit(model): no data rows: a pyro.plate of the model has size 0 (an empty data set). "
                 "Pass at least one row of x and y."

@@ -196,12 +196,13 @@ class Solver:
         if s.optimizer == "lbfgs":
             # With a Newton finish to follow, L-BFGS need only bring the point near the optimum:
             # its last steps to full precision cost more than one Newton step, which converges
-            # quadratically from there. When the dense Hessian costs no more than the work already done, L-BFGS stops near
-            # the optimum and Newton steps finish; otherwise it runs to the caller's tolerances
-            # and the finish is kept for runs whose curvature says it is needed (_needs_finish).
+            # quadratically from there. So when the dense Hessian costs no more than the work
+            # already done, L-BFGS stops near the optimum and Newton steps finish; otherwise it
+            # runs to the caller's tolerances and the finish is kept for runs whose curvature
+            # says it is needed (_needs_finish).
             near = None
             if self._finishes():
-                # a classifier always gets its finish (_needs_finish): stop as soon as it is near
+                # a classifier always gets its finish (_needs_finish): it stops as soon as near
                 cost = 0.0 if self._classification() else _HESSIAN_EVALUATIONS * self.size
 
                 def near(evaluations: int, rel: float, grad_norm: float) -> bool:
