@@ -42,6 +42,8 @@ _NEWTON_MAX = 2000
 _NEWTON_STEPS = 20
 #: The tolerances (rtol, gtol) to which L-BFGS brings the point when a Newton finish follows.
 _NEAR = (1e-6, 1e-4)
+#: ... and when the finish is certain to run (a classifier, see _needs_finish).
+_NEAR_CERTAIN = (1e-4, 1e-3)
 #: A dense Hessian costs about this many evaluations per parameter (one double-backward pass
 #: each: measured 0.2-0.5 of an evaluation through Pyro's handlers, 0.7 of a traced one).
 _HESSIAN_EVALUATIONS = 0.5
@@ -203,10 +205,14 @@ class Solver:
             near = None
             if self._finishes():
                 # a classifier always gets its finish (_needs_finish): it stops as soon as near
-                cost = 0.0 if self._classification() else _HESSIAN_EVALUATIONS * self.size
+                certain = self._classification()
+                cost = 0.0 if certain else _HESSIAN_EVALUATIONS * self.size
+                # a certain finish can start farther out: its first step is a full Newton step
+                # on a convex loss, and the next ones reuse its factorisation
+                rtol_near, gtol_near = _NEAR_CERTAIN if certain else _NEAR
 
                 def near(evaluations: int, rel: float, grad_norm: float) -> bool:
-                    return evaluations >= cost and rel <= max(s.rtol, _NEAR[0]) and grad_norm <= max(s.gtol, _NEAR[1])
+                    return evaluations >= cost and rel <= max(s.rtol, rtol_near) and grad_norm <= max(s.gtol, gtol_near)
 
             return lbfgs(
                 lambda probe: self.ev.evaluate(len(self.ev.losses), probe),
