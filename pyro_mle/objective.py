@@ -53,6 +53,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import biject_to
 
+from . import existence
 from ._validation import check_arguments, check_finite, validation
 from .handlers import likelihood_only
 from .optim.vectors import flat_grad, flatten
@@ -576,6 +577,9 @@ class PointObjective:
         self._objective = _Objective(likelihood_only(target) if method == "mle" else target, guide, args, kwargs)
         store = pyro.get_param_store()
         _, trace = self._objective()  # creates every parameter, the guide's point masses included
+        #: whether every term is an observed Bernoulli or Categorical site (classes can then be
+        #: separated, see :mod:`pyro_mle.existence`); read here, not from a trace kept alive
+        self.classification_only = existence.only_classification(trace)
         # the program's own params and the guide's point masses, not whatever else the global
         # store holds (a param left there by other code is not a parameter of this objective)
         used = {name for name, site in trace.nodes.items() if site["type"] == "param"}

@@ -134,7 +134,6 @@ class Solver:
         )
         self.size = sum(p.numel() for p in obj.params)
         self.recent: deque[torch.Tensor] = deque(maxlen=_RAY_MEMORY)
-        self._is_classification: bool | None = None
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Outcome:
@@ -328,11 +327,8 @@ class Solver:
 
     def _classification(self) -> bool:
         """Whether every term of the objective is an observed Bernoulli or Categorical site
-        (where classes can be separated); read from one trace, once."""
-        if self._is_classification is None:
-            with torch.no_grad():
-                self._is_classification = existence.only_classification(self.obj.trace())
-        return self._is_classification
+        (where classes can be separated)."""
+        return self.obj.classification_only
 
     def _value(self, x: torch.Tensor) -> float:
         self.obj.set_flat(x)
