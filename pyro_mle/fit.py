@@ -91,11 +91,7 @@ def fit(
         damped Newton steps on the exact Hessian from autograd, solved with a pivoted
         factorisation (:func:`pyro_mle.optim.newton.newton`, the way IRLS solves GLMs): an
         ill-conditioned least-squares problem such as NIST's Longley data, unscaled, comes
-        out as ``numpy.linalg.lstsq`` gives it. The finish is skipped only where it would add
-        nothing: a float64 regression (no Bernoulli/Categorical likelihood, whose optimum's
-        existence the Hessian certifies) that L-BFGS brought to the caller's tolerances with
-        curvatures along its steps within a factor 1,000 of each other, in fewer evaluations
-        than a Hessian costs (one backward pass per parameter, about half an evaluation each).
+        out as ``numpy.linalg.lstsq`` gives it.
       * ``"adam"`` (default when a ``pyro.plate(..., subsample_size=...)`` subsamples):
         :class:`torch.optim.Adam`, learning rate ``lr`` (0.01) decayed geometrically to
         ``lr/10`` over ``num_steps``.

@@ -201,3 +201,26 @@ def test_objective_refuses_an_unknown_method():
 
     with pytest.raises(ValueError, match=r"method must be one of \['mle', 'map'\]; got 'ml'"):
         pyro_mle.objective(model, torch.tensor(1.0), method="ml")
+
+
+def test_a_near_collinear_pair_of_columns_is_solved_not_just_stopped():
+    """x2 = x1 + 1e-6·noise: the Hessian has an eigenvalue of 5e-10 that L-BFGS's steps never
+    explore, so its curvature pairs look well conditioned and its gradient test passes at
+    w1 ≈ w2 ≈ 1 while least squares puts them at ±4,245. The Newton finish must run and find
+    lstsq's answer (a review's reproduction of a withdrawn shortcut)."""
+    rng = np.random.default_rng(0)
+    n, d = 1000, 50
+    X = rng.standard_normal((n, d))
+    X[:, 1] = X[:, 0] + 1e-6 * rng.standard_normal(n)
+    y = X @ np.linspace(1, 2, d) + 3 + 0.1 * rng.standard_normal(n)
+
+    def model(x, y=None):
+        w = pyro.param("w", torch.zeros(d, dtype=torch.float64))
+        b = pyro.param("b", torch.zeros((), dtype=torch.float64))
+        pyro_mle.likelihoods.Normal(scale=1.0)("y", x @ w + b, obs=y)
+
+    fit = pyro_mle.fit(model, torch.tensor(X), torch.tensor(y))
+    reference = np.linalg.lstsq(np.c_[X, np.ones(n)], y, rcond=None)[0]
+    estimate = np.r_[fit.params["w"].numpy(), fit.params["b"].numpy()]
+    assert fit.converged, fit.message
+    np.testing.assert_allclose(estimate, reference, rtol=1e-5)

@@ -30,7 +30,6 @@ def lbfgs(
     gtol: float,
     num_data: float = 1.0,
     on_step: Callable[[float], None] = lambda loss: None,
-    near: Callable[[int, float, float], bool] | None = None,
 ) -> OptimResult:
     """Minimise with L-BFGS until the stopping rule holds, the line search stalls, or
     ``num_steps`` updates.
@@ -48,9 +47,6 @@ def lbfgs(
     :param lr: the first trial step of each line search.
     :param num_data: the loss's typical size for the gradient test (data points).
     :param on_step: called with the loss at the start and after every update.
-    :param near: ``near(evaluations, rel, grad_norm)`` after every update: ``True`` ends the run
-        there, reported converged (to the tolerances the caller's test applied), for a caller
-        that finishes with another method.
     """
     cache: dict[str, Any] = {}
     rejected = evaluations = 0
@@ -102,7 +98,7 @@ def lbfgs(
     steps, fresh, rel = 0, True, math.inf
 
     def result(converged: bool, stalled: bool, message: str) -> OptimResult:
-        return OptimResult(converged, steps, grad_norm, stalled, rejected, message, evaluations, _curvature(opt))
+        return OptimResult(converged, steps, grad_norm, stalled, rejected, message, evaluations)
 
     while steps < num_steps:
         before = cache["x"]
@@ -123,13 +119,6 @@ def lbfgs(
                 False,
                 f"converged after {steps} L-BFGS steps: relative loss change {rel:.2g} <= rtol {rtol:g}, "
                 f"relative gradient {grad_norm:.2g} <= gtol {gtol:g}.",
-            )
-        if near is not None and near(evaluations, rel, grad_norm):
-            return result(
-                True,
-                False,
-                f"near the optimum after {steps} L-BFGS steps: relative loss change {rel:.2g}, relative gradient "
-                f"{grad_norm:.2g}.",
             )
         if torch.equal(cache["x"], before):  # the line search found no lower loss
             if grad_norm <= gtol:
@@ -155,11 +144,3 @@ def lbfgs(
         f"not converged after {steps} L-BFGS steps: relative loss change {rel:.2g} (rtol {rtol:g}), "
         f"relative gradient {grad_norm:.2g} (gtol {gtol:g}).",
     )
-
-
-def _curvature(opt: torch.optim.LBFGS) -> tuple[float, float] | None:
-    """The smallest and largest ``yᵀs / sᵀs`` over the curvature pairs torch's L-BFGS keeps."""
-    state = opt.state.get(opt._params[0], {})
-    pairs = list(zip(state.get("old_dirs", []), state.get("old_stps", [])))
-    quotients = [float(y.dot(s)) / float(s.dot(s)) for y, s in pairs if float(s.dot(s)) > 0]
-    return (min(quotients), max(quotients)) if quotients else None

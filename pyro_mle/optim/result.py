@@ -19,10 +19,6 @@ class OptimResult:
       * ``rejected``: trial points whose loss was not finite (treated as too long a step).
       * ``message``: why it stopped, in words.
       * ``evaluations``: fresh evaluations of the objective (line-search trial points included).
-      * ``curvature``: for L-BFGS, the smallest and largest curvature ``yᵀs / sᵀs`` over the
-        pairs in its memory (``s`` a step, ``y`` the change of the gradient along it): Rayleigh
-        quotients of the averaged Hessian along the steps taken, so both lie within its
-        spectrum; ``None`` without pairs.
     """
 
     converged: bool
@@ -32,4 +28,3 @@ class OptimResult:
     rejected: int
     message: str
     evaluations: int = 0
-    curvature: tuple[float, float] | None = None
