@@ -17,9 +17,11 @@ from .discrete import Bernoulli, Categorical, NegativeBinomial, Poisson
 from .divergence import KLDecomposition, empirical_kl
 from .mixture import NormalMixture
 from .multivariate import MultivariateNormal
+from .quantile import AsymmetricLaplace
 from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
 
 __all__ = [
+    "AsymmetricLaplace",
     "Bernoulli",
     "Beta",
     "Categorical",
