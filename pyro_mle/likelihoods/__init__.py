@@ -11,12 +11,14 @@ Every family is registered by name::
 
 from . import links
 from .base import Likelihood, Param, get, names
+from .censored import Censored, Truncated
 from .circular import VonMises, VonMisesMixture, log_von_mises_pdf, wrap_angle
 from .continuous import Beta, Exponential, Gamma, Laplace, Normal, StudentT
 from .discrete import Bernoulli, Categorical, NegativeBinomial, Poisson
 from .divergence import KLDecomposition, empirical_kl
 from .mixture import NormalMixture
 from .multivariate import MultivariateNormal
+from .positive import LogNormal, Weibull
 from .quantile import AsymmetricLaplace
 from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
 
@@ -25,10 +27,12 @@ __all__ = [
     "Bernoulli",
     "Beta",
     "Categorical",
+    "Censored",
     "Exponential",
     "Gamma",
     "KLDecomposition",
     "Laplace",
+    "LogNormal",
     "Likelihood",
     "MultivariateNormal",
     "NegativeBinomial",
@@ -39,8 +43,10 @@ __all__ = [
     "PlackettLuceDistribution",
     "Poisson",
     "StudentT",
+    "Truncated",
     "VonMises",
     "VonMisesMixture",
+    "Weibull",
     "empirical_kl",
     "get",
     "links",
