@@ -163,7 +163,7 @@ class _Wrapper(Likelihood):
 
     def _check_cdf(self) -> None:
         n = self.base.num_outputs or 2
-        d = self.base.distribution(torch.zeros(1, n, dtype=torch.float64))
+        d = self.base.distribution(torch.full((1, n), 0.5, dtype=torch.float64))
         try:
             d.cdf(d.sample())
         except NotImplementedError:
