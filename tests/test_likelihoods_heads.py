@@ -147,3 +147,81 @@ class TestTruncatedNormal(LikelihoodTestCase):
     def reference_log_prob(self, f, y):
         m, s = f[:, 0], softplus(f[:, 1])
         return stats.truncnorm((-0.5 - m) / s, (2.0 - m) / s, loc=m, scale=s).logpdf(y)
+
+
+def log_hurdle(y, p0, base):
+    # p(0) = p0; p(y>0) = (1 − p0)·pmf(y)/(1 − pmf(0)), by scipy
+    return np.where(y == 0, np.log(p0), np.log1p(-p0) + base.logpmf(y) - np.log1p(-base.pmf(0)))
+
+
+def nbinom(mu, r):
+    return stats.nbinom(r, r / (r + mu))  # scipy: n successes, success probability r/(r+μ)
+
+
+COUNT_BAD = ((-1.0, "non-negative integer counts"), (1.5, "got 1.5"))
+
+
+class TestZeroInflatedPoisson(LikelihoodTestCase):
+    bad_observations = COUNT_BAD
+    extremes = (-10.0, 5.0)  # rate = exp(f)
+
+    def make_likelihood(self):
+        return L.ZeroInflatedPoisson()
+
+    def reference_log_prob(self, f, y):
+        pi, lam = 1 / (1 + np.exp(-f[:, 1])), np.exp(f[:, 0])
+        return np.log(pi * (y == 0) + (1 - pi) * stats.poisson(lam).pmf(y))
+
+
+class TestZeroInflatedNegativeBinomial(LikelihoodTestCase):
+    bad_observations = COUNT_BAD
+    extremes = (-10.0, 5.0)
+
+    def make_likelihood(self):
+        return L.ZeroInflatedNegativeBinomial()
+
+    def reference_log_prob(self, f, y):
+        pi, mu, r = 1 / (1 + np.exp(-f[:, 2])), np.exp(f[:, 0]), softplus(f[:, 1])
+        return np.log(pi * (y == 0) + (1 - pi) * nbinom(mu, r).pmf(y))
+
+
+class TestHurdlePoisson(LikelihoodTestCase):
+    bad_observations = COUNT_BAD
+    extremes = (-10.0, 5.0)
+
+    def make_likelihood(self):
+        return L.HurdlePoisson()
+
+    def reference_log_prob(self, f, y):
+        return log_hurdle(y, 1 / (1 + np.exp(-f[:, 1])), stats.poisson(np.exp(f[:, 0])))
+
+
+class TestHurdleNegativeBinomial(LikelihoodTestCase):
+    bad_observations = COUNT_BAD
+    extremes = (-10.0, 5.0)
+
+    def make_likelihood(self):
+        return L.HurdleNegativeBinomial(total_count=2.0)
+
+    def reference_log_prob(self, f, y):
+        return log_hurdle(y, 1 / (1 + np.exp(-f[:, 1])), nbinom(np.exp(f[:, 0]), 2.0))
+
+
+class TestBinomial(LikelihoodTestCase):
+    bad_observations = ((11.0, "0..total_count (total_count=10)"), (-1.0, "check total_count"))
+
+    def make_likelihood(self):
+        return L.Binomial(total_count=10)
+
+    def reference_log_prob(self, f, y):
+        return stats.binom(10, 1 / (1 + np.exp(-f[:, 0]))).logpmf(y)
+
+
+class TestBetaBinomial(LikelihoodTestCase):
+    bad_observations = ((13.0, "0..total_count"),)
+
+    def make_likelihood(self):
+        return L.BetaBinomial(total_count=12)
+
+    def reference_log_prob(self, f, y):
+        return stats.betabinom(12, softplus(f[:, 0]), softplus(f[:, 1])).logpmf(y)

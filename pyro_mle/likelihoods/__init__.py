@@ -14,6 +14,14 @@ from .base import Likelihood, Param, get, names
 from .censored import Censored, Truncated
 from .circular import VonMises, VonMisesMixture, log_von_mises_pdf, wrap_angle
 from .continuous import Beta, Exponential, Gamma, Laplace, Normal, StudentT
+from .counts import (
+    BetaBinomial,
+    Binomial,
+    HurdleNegativeBinomial,
+    HurdlePoisson,
+    ZeroInflatedNegativeBinomial,
+    ZeroInflatedPoisson,
+)
 from .discrete import Bernoulli, Categorical, NegativeBinomial, Poisson
 from .divergence import KLDecomposition, empirical_kl
 from .mixture import NormalMixture
@@ -23,6 +31,12 @@ from .quantile import AsymmetricLaplace
 from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
 
 __all__ = [
+    "ZeroInflatedPoisson",
+    "ZeroInflatedNegativeBinomial",
+    "HurdlePoisson",
+    "HurdleNegativeBinomial",
+    "Binomial",
+    "BetaBinomial",
     "AsymmetricLaplace",
     "Bernoulli",
     "Beta",
