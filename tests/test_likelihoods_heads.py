@@ -225,3 +225,48 @@ class TestBetaBinomial(LikelihoodTestCase):
 
     def reference_log_prob(self, f, y):
         return stats.betabinom(12, softplus(f[:, 0]), softplus(f[:, 1])).logpmf(y)
+
+
+def cut(raw):
+    # the ordered link written out: c1 = f1, c_k = c_{k-1} + exp(f_k)
+    return np.cumsum(np.concatenate([raw[..., :1], np.exp(raw[..., 1:])], -1), -1)
+
+
+def ordinal_reference(f, y, cdf):
+    c = cut(f[:, 1:])
+    padded = np.concatenate([np.full((len(f), 1), -np.inf), c, np.full((len(f), 1), np.inf)], -1)
+    k = y.astype(int)
+    eta = f[:, 0]
+    upper, lower = padded[np.arange(len(f)), k + 1], padded[np.arange(len(f)), k]
+    return np.log(cdf(upper - eta) - cdf(lower - eta))
+
+
+class TestOrderedLogistic(LikelihoodTestCase):
+    bad_observations = ((4.0, "ordinal levels in 0..3"), (-1.0, "lowest level 0"))
+    extremes = (-5.0, 5.0)  # cut-point gaps are exp(f)
+
+    def make_likelihood(self):
+        return L.OrderedLogistic(num_classes=4)
+
+    def reference_log_prob(self, f, y):
+        return ordinal_reference(f, y, stats.logistic.cdf)
+
+
+class TestOrderedProbit(LikelihoodTestCase):
+    extremes = (-5.0, 5.0)
+
+    def make_likelihood(self):
+        return L.OrderedProbit(num_classes=4)
+
+    def reference_log_prob(self, f, y):
+        return ordinal_reference(f, y, stats.norm.cdf)
+
+
+class TestOrderedProbitFixedCutpoints(LikelihoodTestCase):
+    def make_likelihood(self):
+        return L.OrderedProbit(num_classes=3, cutpoints=[-0.5, 1.0])
+
+    def reference_log_prob(self, f, y):
+        # the raw values whose ordered link gives the fixed cut points (-0.5, 1.0)
+        raw = np.column_stack([f[:, 0], np.full(len(f), -0.5), np.full(len(f), np.log(1.5))])
+        return ordinal_reference(raw, y, stats.norm.cdf)

@@ -26,11 +26,14 @@ from .discrete import Bernoulli, Categorical, NegativeBinomial, Poisson
 from .divergence import KLDecomposition, empirical_kl
 from .mixture import NormalMixture
 from .multivariate import MultivariateNormal
+from .ordinal import OrderedLogistic, OrderedProbit
 from .positive import LogNormal, Weibull
 from .quantile import AsymmetricLaplace
 from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
 
 __all__ = [
+    "OrderedProbit",
+    "OrderedLogistic",
     "ZeroInflatedPoisson",
     "ZeroInflatedNegativeBinomial",
     "HurdlePoisson",

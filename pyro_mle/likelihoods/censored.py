@@ -29,7 +29,10 @@ _CODE_NAMES = {"exact": EXACT, "right": RIGHT, "left": LEFT, "interval": INTERVA
 
 
 def log_cdf(d: torch.distributions.Distribution, v: torch.Tensor) -> torch.Tensor:
-    """:math:`\\log F(v)`, in closed forms that keep their precision in the tails where one exists."""
+    """:math:`\\log F(v)`, in closed forms that keep their precision in the tails where one exists
+    (a distribution may bring its own as ``_log_cdf``)."""
+    if hasattr(d, "_log_cdf"):
+        return d._log_cdf(v)
     if isinstance(d, torch.distributions.Normal):
         return torch.special.log_ndtr((v - d.loc) / d.scale)
     if isinstance(d, torch.distributions.LogNormal):
@@ -44,6 +47,8 @@ def log_cdf(d: torch.distributions.Distribution, v: torch.Tensor) -> torch.Tenso
 def log_sf(d: torch.distributions.Distribution, v: torch.Tensor) -> torch.Tensor:
     """:math:`\\log S(v) = \\log P(Y > v)`; for Weibull and Exponential exactly
     :math:`-(v/\\lambda)^k` and :math:`-\\lambda v`, where ``log1p(-cdf)`` would round to −inf."""
+    if hasattr(d, "_log_sf"):
+        return d._log_sf(v)
     if isinstance(d, torch.distributions.Normal):
         return torch.special.log_ndtr(-(v - d.loc) / d.scale)
     if isinstance(d, torch.distributions.LogNormal):
