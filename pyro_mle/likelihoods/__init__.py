@@ -13,6 +13,7 @@ from . import links
 from .base import Likelihood, Param, get, names
 from .censored import Censored, Truncated
 from .circular import VonMises, VonMisesMixture, log_von_mises_pdf, wrap_angle
+from .compositions import Dirichlet, Multinomial
 from .continuous import Beta, Exponential, Gamma, Laplace, Normal, StudentT
 from .counts import (
     BetaBinomial,
@@ -32,6 +33,8 @@ from .quantile import AsymmetricLaplace
 from .ranking import PlackettLuce, PlackettLuceDistribution, permutation
 
 __all__ = [
+    "Multinomial",
+    "Dirichlet",
     "OrderedProbit",
     "OrderedLogistic",
     "ZeroInflatedPoisson",
