@@ -245,7 +245,7 @@ class Censored(_Wrapper, name="censored"):
         {"base": {"normal": {"scale": 1.0}}, "lower": -0.5},
         {"base": {"weibull": {"concentration": 1.5}}, "upper": 2.0},
     )
-    _options = (("lower", "lower"), ("upper", "upper"))
+    _options = (("lower", "lower"), ("upper", "upper"), ("censoring", "censoring"))
 
     def __init__(self, base: Likelihood, lower=None, upper=None, censoring=None):
         if isinstance(base, dict):  # from the registry's examples: {"normal": {...}}
