@@ -3,7 +3,7 @@
 Likelihood: VonMises(concentration=κ) → cosine loss -κ·cos(y-μ) + const. For a given
 concentration κ (a latent site here) the NLL depends on the angle between prediction and
 target, so 179° and −179° are 2° apart rather than 358°. The mean
-direction is μ = 2·atan(a + b·x) ∈ (−π, π), the head's tan-half link.
+direction is μ = 2·atan(a + b·x) ∈ (−π, π), the tan-half link chosen by name.
 
 Data: simulated. x is the pressure difference between two stations (hPa, uniform on
 [−3, 3]); the direction (radians in [−π, π], 0 = from the north) is drawn from
@@ -27,7 +27,7 @@ def model(x, y=None):
     a = pyro.sample("a", dist.Normal(x.new_tensor(0.0), 2.0))
     b = pyro.sample("b", dist.Normal(x.new_tensor(0.0), 2.0))
     kappa = pyro.sample("kappa", dist.LogNormal(x.new_tensor(1.0), 1.0))
-    return VonMises(concentration=kappa)("y", a + b * x, obs=y)  # μ = 2·atan(a + b·x)
+    return VonMises(concentration=kappa, links={"loc": "tan_half"})("y", a + b * x, obs=y)  # μ = 2·atan(a + b·x)
 
 
 def load_data(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

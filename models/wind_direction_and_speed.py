@@ -37,7 +37,7 @@ def model(x, y=None):
     d = pyro.sample("d", dist.Normal(x.new_tensor(0.0), 2.0))
     alpha = pyro.sample("alpha", dist.LogNormal(x.new_tensor(1.0), 1.0))
     with pyro.plate("data", x.shape[0]):  # both heads use this plate: one row, two sites
-        VonMises(concentration=kappa)("direction", a + b * x, obs=direction)
+        VonMises(concentration=kappa, links={"loc": "tan_half"})("direction", a + b * x, obs=direction)
         Gamma(concentration=alpha)("speed", c + d * x, obs=speed)  # rate = softplus(c + d·x)
 
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import torch
@@ -95,6 +95,57 @@ class Prediction:
     draws: Mapping[str, torch.Tensor]
     mean: Mapping[str, torch.Tensor]
     distributions: Mapping[str, Any]
+
+    def site(self, site: str | None = None) -> str:
+        """The observed site meant by ``site`` (``None``: the only one), checked."""
+        if site is None:
+            if len(self.draws) != 1:
+                raise ValueError(
+                    f"Prediction: the model has several observed sites {sorted(self.draws)}; name one with site=."
+                )
+            return next(iter(self.draws))
+        if site not in self.draws:
+            raise KeyError(f"Prediction: no observed site {site!r}; the sites are {sorted(self.draws)}.")
+        return site
+
+    def interval(self, prob: float = 0.9, site: str | None = None) -> Interval:
+        r"""The central predictive interval holding probability ``prob`` for each example:
+        quantiles (1 − prob)/2 and (1 + prob)/2 from the distribution's inverse cdf where it
+        has one (Normal, Laplace, LogNormal, …), from the draws otherwise (counts, mixtures,
+        censored heads), which then carry Monte Carlo error of order
+        :math:`\sqrt{p(1-p)/S}/f(q)` for S draws."""
+        if not isinstance(prob, (int, float)) or not 0.0 < prob < 1.0:
+            raise ValueError(f"Prediction.interval: prob must be a number in (0, 1), e.g. 0.9; got {prob!r}.")
+        name = self.site(site)
+        d = self.distributions[name]
+        lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
+        draws = self.draws[name]
+        try:
+            ref = torch.ones(d.batch_shape + d.event_shape, dtype=draws.dtype if draws.is_floating_point() else None)
+            lower, upper = d.icdf(lo_q * ref), d.icdf(hi_q * ref)
+            method = "icdf"
+        except (NotImplementedError, AttributeError):
+            x = draws.to(torch.get_default_dtype()) if not draws.is_floating_point() else draws
+            q = torch.tensor([lo_q, hi_q], dtype=x.dtype)
+            lower, upper = torch.quantile(x, q, dim=0)
+            method = "draws"
+        return Interval(lower=lower, upper=upper, prob=float(prob), method=method)
+
+
+class Interval(NamedTuple):
+    """A central predictive interval per example.
+
+    Fields:
+      * ``lower``, ``upper``: the (1 − prob)/2 and (1 + prob)/2 quantiles, shape of one draw.
+      * ``prob``: the probability the interval holds.
+      * ``method``: ``"icdf"`` (exact, the distribution's inverse cdf) or ``"draws"``
+        (empirical quantiles of the predictive draws).
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    prob: float
+    method: str
 
 
 @dataclass(frozen=True, eq=False)

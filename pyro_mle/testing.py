@@ -153,8 +153,9 @@ class LikelihoodTestCase:
         lik, out, y = self._data()
         nll = lik.nll(out.float(), y.float())
         expected = torch.float32
-        for v in lik.fixed.values():  # a user's float64 tensor promotes, as in torch
-            expected = torch.promote_types(expected, v.dtype) if isinstance(v, torch.Tensor) else expected
+        for k, v in lik.fixed.items():  # a user's float64 tensor promotes, as in torch; numbers and lists follow
+            if isinstance(v, torch.Tensor) and k not in lik._converted:
+                expected = torch.promote_types(expected, v.dtype)
         assert nll.dtype == expected
         self._close(nll, lik.nll(out, y), 1e-4)
 

@@ -15,6 +15,7 @@ TINY = {
     "mixture_and_circular": {"n": 80, "draws": 5},
     "mle_map_posterior": {"n": 12, "draws": 60, "model": "linear_regression"},
     "loss_certificates": {"n": 50},
+    "predictive_calibration": {"n": 80},
 }
 
 

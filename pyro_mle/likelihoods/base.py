@@ -9,7 +9,7 @@ can certify that the negative log-likelihood *is* that loss.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -20,6 +20,7 @@ from pyro.poutine.runtime import get_plates
 from torch.distributions import constraints
 
 from .._validation import as_tensor, check_finite, describe_rows, reduce_event, validation_enabled
+from . import links as _links
 from .links import Link, tril_size
 
 _REGISTRY: dict[str, type[Likelihood]] = {}
@@ -59,6 +60,11 @@ class Likelihood:
     (``Normal(scale=0.3)``); a fixed value may be a number or a tensor, for example a latent
     site the model sampled. Every parameter not fixed is predicted: the network supplies its
     raw outputs, concatenated along the last dimension in declaration order.
+
+    ``links=`` replaces the default link of predicted parameters, by parameter name: a
+    registered name (``Normal(links={"scale": "exp"})``), a
+    :class:`~pyro_mle.likelihoods.links.Link`, or a torch
+    :class:`~torch.distributions.transforms.Transform`.
     """
 
     name: ClassVar[str]
@@ -85,7 +91,8 @@ class Likelihood:
             cls.name = name
             _REGISTRY[name] = cls
 
-    def __init__(self, **fixed: float | torch.Tensor) -> None:
+    def __init__(self, links: Mapping[str, str | Link | object] | None = None, **fixed: float | torch.Tensor) -> None:
+        self._links = self._resolve_links(links or {})
         names = [p.name for p in self.param_specs]
         unknown = sorted(set(fixed) - set(names))
         if unknown:
@@ -108,15 +115,61 @@ class Likelihood:
             )
 
     # ------------------------------------------------------------------ contract
+    def _declared_specs(self) -> tuple[Param, ...]:
+        """The family's parameters with their default links (a family may choose them per
+        instance)."""
+        return self.params
+
     @property
     def param_specs(self) -> tuple[Param, ...]:
-        """The parameters of this head (a family may choose them per instance)."""
-        return self.params
+        """The parameters of this head, with the links chosen by ``links=``."""
+        specs = self._declared_specs()
+        chosen = getattr(self, "_links", None)
+        if not chosen:
+            return specs
+        return tuple(
+            replace(p, link=chosen[p.name], channels=chosen[p.name].channels or p.channels) if p.name in chosen else p
+            for p in specs
+        )
+
+    def _resolve_links(self, chosen: Mapping[str, object]) -> dict[str, Link]:
+        if not isinstance(chosen, Mapping):
+            raise TypeError(
+                f"{self._label}: links must be a dict of parameter name → link; got {type(chosen).__name__}. "
+                'Example: links={"scale": "exp"}.'
+            )
+        declared = {p.name: p for p in self._declared_specs()}
+        unknown = sorted(set(chosen) - set(declared))
+        if unknown:
+            raise TypeError(
+                f"{self._label}: links= names no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are {list(declared)}."
+            )
+        out = {}
+        for name, spec in chosen.items():
+            try:
+                link = _links.get(spec)
+            except (KeyError, TypeError) as e:
+                raise type(e)(f"{self._label}: link for {name!r}: {e.args[0]}") from None
+            default = declared[name].link
+            if link.event_dim != default.event_dim:
+                raise ValueError(
+                    f"{self._label}: link {link.name!r} for {name!r} acts on "
+                    f"{'vectors' if link.event_dim else 'single values'}, but {name!r} needs a link that acts on "
+                    f"{'vectors' if default.event_dim else 'single values'} like its default {default.name!r}."
+                )
+            out[name] = link
+        return out
 
     def _size(self, token: str) -> int | None:
         """Number of channels for a ``Param.channels`` token; ``None`` when inferred."""
         if token == "1":
             return 1
+        if token == "2":
+            return 2
+        if token == "K-1":
+            k = getattr(self, "num_components", None)
+            return None if k is None else k - 1
         if token == "K":
             return getattr(self, "num_components", None)
         if token == "D":
@@ -141,6 +194,8 @@ class Likelihood:
     def __repr__(self) -> str:
         args = [f"{k}={getattr(self, a)!r}" for k, a in self._options if getattr(self, a) is not None]
         args += [f"{k}={_short(v)}" for k, v in self.fixed.items()]
+        if getattr(self, "_links", None):
+            args.append("links={" + ", ".join(f"{k!r}: {v.name!r}" for k, v in self._links.items()) + "}")
         return f"{type(self).__name__}({', '.join(args)})"
 
     # ------------------------------------------------------------------ checks
@@ -171,7 +226,7 @@ class Likelihood:
         ``MultivariateNormal(dim=2, scale=[1, 1, 1])`` the mismatch would otherwise surface as a
         bare size error at the first call. One value (a scalar or a length-1 last dimension) is
         shared by every output or component."""
-        size = None if p.channels == "1" else self._size(p.channels)
+        size = None if p.channels in ("1", "2") else self._size(p.channels)
         if size is None:  # one value per example, or K read from the outputs: known only then
             return
         keyword = self._size_keyword(p.channels)
@@ -349,7 +404,7 @@ class Likelihood:
     def _check_fixed_shape(self, p: Param, v: torch.Tensor, batch: tuple[int, ...]) -> None:
         """A fixed tensor must broadcast *into* the outputs' batch shape, never enlarge it:
         a ``(N, 1)`` scale against ``(N,)`` outputs would make an N×N table of examples."""
-        vector_dims = {"1": 0, "K": 1, "D": 1, "tril": 2}[p.channels]
+        vector_dims = {"1": 0, "2": 0, "K": 1, "K-1": 1, "D": 1, "tril": 2}[p.channels]
         own = tuple(v.shape[: max(v.dim() - vector_dims, 0)])
         try:
             joint = tuple(torch.broadcast_shapes(own, batch))

@@ -70,16 +70,22 @@ class VonMises(_Angles, Likelihood, name="von_mises"):
     With κ fixed the loss is :math:`-\kappa\sum\cos(y-\mu)` + const: it penalises the angle
     between prediction and target, and is periodic, so 179° and −179° are close.
 
-    Channels: ``loc`` through the tan-half link :math:`\mu = 2\arctan f \in (-\pi, \pi)`
-    (predicted means are always wrapped angles), ``concentration`` κ (softplus).
+    Channels: ``loc`` through the :data:`~pyro_mle.likelihoods.links.angle` link, the identity
+    on the circle: the raw output *is* the angle, so a mean direction moves freely across ±π
+    (cos is periodic), and predicted means are reported wrapped to [−π, π]; ``concentration``
+    κ (softplus). Named alternatives: ``links={"loc": "atan2"}`` takes two channels for the
+    mean, :math:`\mu = \operatorname{atan2}(f_{\sin}, f_{\cos})`, in that order;
+    ``links={"loc": "tan_half"}`` is :math:`\mu = 2\arctan f`, which cannot cross ±π (the
+    raw output would have to pass through ±∞): a fit whose mean direction crosses ±π stalls.
 
     Usage::
 
-        VonMises(concentration=4.0)("direction", net(x), obs=direction)
+        VonMises(concentration=4.0)("direction", a + b * x, obs=direction)   # μ = a + b·x
+        VonMises(links={"loc": "atan2"})("direction", net(x), obs=direction)  # net: (N, 3)
     """
 
     params = (
-        Param("loc", links.tan_half, doc="mean direction in (−π, π)"),
+        Param("loc", links.angle, doc="mean direction (radians; reported in [−π, π])"),
         Param("concentration", links.softplus, doc="concentration κ > 0"),
     )
 
@@ -106,7 +112,7 @@ class VonMisesMixture(_Angles, Likelihood, name="von_mises_mixture"):
         -\log p(y) = -\log\sum_{k=1}^K \pi_k\,
         \frac{\exp(\kappa_k\cos(y-\mu_k))}{2\pi I_0(\kappa_k)},\quad \pi = \mathrm{softmax}(w)
 
-    Channels (K each): ``logits`` w (mixture weights), ``loc`` (tan-half), ``concentration``
+    Channels (K each): ``logits`` w (mixture weights), ``loc`` (angle, as in :class:`VonMises`), ``concentration``
     (softplus). :meth:`classical_loss` is the density sum as written (finite for κ below
     ~700 in float64); the distribution works in log space and has no such limit.
 
@@ -117,7 +123,7 @@ class VonMisesMixture(_Angles, Likelihood, name="von_mises_mixture"):
 
     params = (
         Param("logits", links.logits, channels="K", doc="mixture weight logits"),
-        Param("loc", links.tan_half, channels="K", doc="component mean directions"),
+        Param("loc", links.angle, channels="K", doc="component mean directions"),
         Param("concentration", links.softplus, channels="K", doc="component concentrations"),
     )
     loss_name = "von Mises mixture NLL"

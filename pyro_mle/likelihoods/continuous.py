@@ -67,6 +67,13 @@ class Normal(Likelihood, name="normal"):
     def _classical(self, y, loc, scale):
         return 0.5 * ((y - loc) / scale) ** 2 + torch.log(scale) + _HALF_LOG_2PI
 
+    # Φ written with erfc, which keeps its relative precision in the far tail (Tobit loss)
+    def _classical_log_cdf(self, y, loc, scale):
+        return torch.log(0.5 * torch.special.erfc(-(y - loc) / (scale * math.sqrt(2))))
+
+    def _classical_log_sf(self, y, loc, scale):
+        return torch.log(0.5 * torch.special.erfc((y - loc) / (scale * math.sqrt(2))))
+
 
 class Laplace(Likelihood, name="laplace"):
     r"""Laplace likelihood :math:`y \sim \mathrm{Laplace}(\mu, b)`.
@@ -168,6 +175,12 @@ class Exponential(Likelihood, name="exponential"):
 
     def _classical(self, y, rate):
         return rate * y - torch.log(rate)
+
+    def _classical_log_cdf(self, y, rate):
+        return torch.log1p(-torch.exp(-rate * y))
+
+    def _classical_log_sf(self, y, rate):
+        return -rate * y
 
 
 class Gamma(Likelihood, name="gamma"):

@@ -72,8 +72,7 @@ class MultivariateNormal(Likelihood, name="multivariate_normal"):
         self.covariance = covariance
         super().__init__(**fixed)
 
-    @property
-    def param_specs(self):
+    def _declared_specs(self):
         return self._DIAGONAL if self.covariance == "diagonal" else self._FULL
 
     def _distribution(self, loc, scale=None, scale_tril=None):
