@@ -28,8 +28,7 @@ Save with ``dt.to_netcdf(path)`` (h5netcdf) or ``dt.to_zarr(path)``; load with
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
 from . import _replay
+from ._groups import _constant_data, _np, _site_dims, predictions_groups, prior_groups
 from ._rng import rng_scope
 from .diagnostics import warn
 from .posterior import Posterior
@@ -55,6 +55,10 @@ def to_datatree(
     predictive: bool = True,
     log_likelihood: bool | Mapping[str, Sequence[str]] = True,
     seed: int | None = 0,
+    prior: int | None = None,
+    predictions: tuple | Mapping[str, Any] | None = None,
+    pred_kwargs: Mapping[str, Any] | None = None,
+    pred_dims: Mapping[str, Sequence[str]] | None = None,
 ) -> xr.DataTree:
     """Convert ``result`` to an ArviZ 1.x DataTree.
 
@@ -72,16 +76,63 @@ def to_datatree(
         sites not named keep their own variable.
     :param seed: seed of the predictive draws; ``None`` draws fresh entropy. The caller's
         global generators are untouched.
+    :param prior: a number of draws from the prior: adds ``prior`` (latent and
+        deterministic sites) and ``prior_predictive`` (observations).
+    :param predictions: new inputs, the program's positional arguments (a tuple) or keyword
+        arguments (a mapping; ``pred_kwargs`` adds keywords to a tuple): adds ``predictions``
+        (one draw of every observed site per posterior draw) and
+        ``predictions_constant_data`` (the tensor inputs), dims from the plates of a run on
+        the new inputs.
+    :param pred_dims: variable name → dims of the predictions groups, overriding the plates.
 
     Example::
 
-        dt = pyro_mle.to_datatree(post)
+        dt = pyro_mle.to_datatree(post, prior=500, predictions=(x_new,))
         arviz_stats.loo(dt)
     """
     # rng_scope, not torch.manual_seed: a reset of the global generators would make the
     # caller's next draws the same after every call (a bootstrap loop around it repeats itself)
     with _replay.param_store_copy(), torch.no_grad(), rng_scope(seed):
-        return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood)
+        dt, ctx = _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood)
+        if prior is not None:
+            groups = prior_groups(ctx["model"], ctx["args"], ctx["kwargs"], prior, ctx["names"], ctx["select"])
+            for group, variables, group_dims in zip(("prior", "prior_predictive"), groups, ctx["dims"]):
+                _add_group(dt, group, variables, group_dims, coords)
+        if predictions is not None or pred_kwargs:
+            new_args, new_kwargs = _prediction_inputs(predictions, pred_kwargs)
+            pred, constant, pdims = predictions_groups(
+                ctx["free_model"], ctx["user_model"], ctx["draws"], ctx["chains"], new_args, new_kwargs, pred_dims
+            )
+            _add_group(dt, "predictions", pred, pdims, coords)
+            if constant:
+                _add_group(dt, "predictions_constant_data", constant, pdims, coords)
+        return dt
+
+
+def _prediction_inputs(predictions, pred_kwargs):
+    if predictions is None:
+        return (), dict(pred_kwargs)
+    if isinstance(predictions, Mapping):
+        return (), {**predictions, **dict(pred_kwargs or {})}
+    if isinstance(predictions, tuple):
+        return predictions, dict(pred_kwargs or {})
+    raise TypeError(
+        f"to_datatree: predictions must be the program's new positional arguments as a tuple, e.g. "
+        f"predictions=(x_new,), or its keyword arguments as a dict; got a {type(predictions).__name__}."
+    )
+
+
+def _add_group(dt, group, variables, group_dims, coords):
+    # from_dict reads the dims of the predictions groups from pred_dims, of the others from dims
+    tree = from_dict(
+        {group: variables},
+        coords=dict(coords or {}),
+        dims=dict(group_dims),
+        pred_dims=dict(group_dims),
+        pred_coords=dict(coords or {}),
+    )
+    dt[group] = tree[group]
+    dt[group].attrs.update(_LIBRARY)
 
 
 def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
@@ -91,7 +142,7 @@ def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
     obs = _replay.require_observed(model, tr)
     names = _replay.observed_names(tr)  # site → observation name (obs_mask: y_observed → y)
     # a subsampling plate draws new rows on every run: pin the rows of this first run for all
-    model = _replay._fixed_rows(model, tr)
+    free_model, model = model, _replay._fixed_rows(model, tr)
     # only a plate that really subsamples; every plate has a _Subsample site
     if any(site_is_subsample(s) and s["value"].numel() < s["fn"].size for s in tr.nodes.values()):
         attrs["subsampled"] = 1  # observed_data and the pointwise values cover one minibatch only
@@ -175,18 +226,30 @@ def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
         tree = from_dict({group: variables}, coords={**obs_coords, **user_coords}, dims=all_obs_dims)
         dt[group] = tree[group]
     dt.attrs.update(attrs)
+    ctx = {
+        "model": model,
+        "free_model": free_model,
+        "user_model": user_model,
+        "args": args,
+        "kwargs": kwargs,
+        "names": names,
+        "select": {var: d["select"] for var, d in obs_data.items()},
+        "dims": ({**post_dims, **(dims or {})}, all_obs_dims),
+        "draws": flat,
+        "chains": chains,
+    }
     _warn_hidden_observations(obs, names)
     # ArviZ's converters (from_numpyro) stamp every group, not only the root
     for group in dt.children.values():
-        group.attrs.update(inference_library="pyro", inference_library_version=pyro.__version__)
-    return dt
+        group.attrs.update(_LIBRARY)
+    return dt, ctx
 
 
 def _likelihood_groups(spec, names, factors):
     """Log-likelihood variable → the sites summed into it."""
     observed = {var: site for site, var in names.items()}
     groups = {var: [site] for var, site in observed.items()}
-    if spec is True:
+    if spec is True or spec is False:
         return groups
     if not isinstance(spec, Mapping):
         raise TypeError(f"to_datatree: log_likelihood must be True, False or a mapping; got {spec!r}.")
@@ -281,41 +344,6 @@ def _warn_hidden_observations(obs, names):
                     "one multivariate observation, this is right and LOO needs several such sites or a plate."
                 ]
             )
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def _site_dims(name: str, site: dict) -> list[str]:
-    """Dimension names of a site's value: plate names where plates sit, else ``{name}_dim_{i}``."""
-    value = site["value"]
-    by_dim = {f.dim: f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
-    # pyro.deterministic declares every axis an event axis by default: align its axes with the
-    # plates from the right, where the sizes agree
-    batch_ndim = value.dim() if _replay.is_deterministic(site) else value.dim() - site["fn"].event_dim
-    names = []
-    for i in range(value.dim()):
-        rel = i - batch_ndim
-        frame = by_dim.get(rel) if rel < 0 else None
-        names.append(frame.name if frame is not None and frame.size == value.shape[i] else f"{name}_dim_{i}")
-    return names
-
-
-def _constant_data(model: Callable, args: tuple, kwargs: Mapping[str, Any], obs: dict) -> dict[str, torch.Tensor]:
-    """Tensor arguments of the program that are not one of its observed values."""
-    try:
-        bound = inspect.signature(model).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return {}
-    observed = [s["value"] for s in obs.values()] + [
-        s["infer"]["obs_with_nan"] for s in obs.values() if "obs_with_nan" in s["infer"]
-    ]
-    out = {}
-    for k, v in bound.arguments.items():
-        if isinstance(v, torch.Tensor) and not any(v is o for o in observed):
-            out[k] = v
-    return out
 
 
 _LIBRARY = {"inference_library": "pyro", "inference_library_version": pyro.__version__}

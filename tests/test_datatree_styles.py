@@ -233,3 +233,62 @@ def test_a_bad_fold_names_the_sites():
     post = _censored_posterior()
     with pytest.raises(ValueError, match=r"\['cens'\] which is not an observed or factor site"):
         pyro_mle.to_datatree(post, log_likelihood={"t": ["t", "cens"]})
+
+
+# ------------------------------------------------------------- prior and predictions groups
+
+
+def regression(X, y=None):
+    w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1))
+    s = pyro.sample("s", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+    with pyro.plate("data", X.shape[0]):
+        mu = pyro.deterministic("mu", X @ w)
+        pyro.sample("y", dist.Normal(mu, s), obs=y)
+
+
+@pytest.fixture(scope="module")
+def regression_tree():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(15, 2, generator=g, dtype=F64)
+    y = X @ torch.tensor([1.0, -1.0], dtype=F64) + 0.3 * torch.randn(15, generator=g, dtype=F64)
+    X_new = torch.randn(4, 2, generator=g, dtype=F64)
+    draws = {
+        "w": torch.tensor([1.0, -1.0], dtype=F64) + 0.05 * torch.randn(2, 20, 2, generator=g, dtype=F64),
+        "s": 0.3 + 0.01 * torch.rand(2, 20, generator=g, dtype=F64),
+    }
+    post = pyro_mle.Posterior("nuts", draws, {}, {}, regression, (X, y), {})
+    dt = pyro_mle.to_datatree(post, prior=200, predictions=(X_new,))
+    return dt, post, X, X_new
+
+
+def test_prior_groups_hold_prior_draws(regression_tree):
+    dt, _, X, _ = regression_tree
+    prior = dt["prior"]
+    assert set(prior.data_vars) == {"w", "s", "mu"} and set(dt["prior_predictive"].data_vars) == {"y"}
+    assert prior["w"].dims == ("chain", "draw", "w_dim_0") and prior["w"].shape == (1, 200, 2)
+    assert prior["mu"].dims == ("chain", "draw", "data")
+    assert dt["prior_predictive"]["y"].dims == ("chain", "draw", "data")
+    # HalfNormal(1) prior: a Kolmogorov-Smirnov test against scipy's distribution
+    assert stats.kstest(prior["s"].values.ravel(), stats.halfnorm().cdf).pvalue > 1e-3
+    np.testing.assert_allclose(prior["mu"].values[0], prior["w"].values[0] @ X.numpy().T, rtol=1e-12)
+
+
+def test_predictions_groups_at_new_inputs(regression_tree):
+    dt, post, _, X_new = regression_tree
+    pred = dt["predictions"]["y"]
+    assert pred.dims == ("chain", "draw", "data") and pred.shape == (2, 20, 4)
+    assert dt["predictions_constant_data"]["X"].dims == ("data", "X_dim_1")
+    np.testing.assert_array_equal(dt["predictions_constant_data"]["X"].values, X_new.numpy())
+    # standardised residuals against each draw's own mean and scale are standard normal
+    w, s = post.samples["w"].numpy(), post.samples["s"].numpy()
+    z = (pred.values - w @ X_new.numpy().T) / s[..., None]
+    assert stats.kstest(z.ravel(), stats.norm().cdf).pvalue > 1e-3
+    assert dt["predictions"].attrs["inference_library"] == "pyro"
+
+
+def test_predictions_accept_keywords_and_pred_dims(regression_tree):
+    _, post, _, X_new = regression_tree
+    dt = pyro_mle.to_datatree(post, predictions={"X": X_new}, pred_dims={"y": ["school"]}, log_likelihood=False)
+    assert dt["predictions"]["y"].dims == ("chain", "draw", "school")
+    with pytest.raises(TypeError, match=r"predictions=\(x_new,\)"):
+        pyro_mle.to_datatree(post, predictions=[X_new])
