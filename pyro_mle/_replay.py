@@ -5,19 +5,28 @@ Replaying many draws at once needs the program to broadcast over an extra leadin
 programs written with ``X @ w`` for a weight vector ``w`` do not. Every function here tries
 the vectorised replay first and falls back to a loop over draws, and says which it used, so
 no result is ever silently missing.
+
+Site roles: a ``pyro.deterministic`` site (a ``Delta`` observed at its own value) and a
+``pyro.factor`` site (a ``Unit`` distribution) are sample sites to Pyro but neither a latent
+nor an observation here; :func:`deterministic_sites` and :func:`factor_sites` find them.
+``obs_mask`` splits an observed site ``y`` into ``y_observed`` (observed, masked),
+``y_unobserved`` (latent, the imputed values) and a deterministic ``y``;
+:func:`observed_names` names the observation ``y`` again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 
@@ -38,8 +47,117 @@ def trace_model(model: Callable, args: tuple, kwargs: Mapping[str, Any]) -> pout
     return tr
 
 
+def _base_fn(fn: Any) -> Any:
+    while hasattr(fn, "base_dist"):  # Masked, Expanded, Independent wrappers
+        fn = fn.base_dist
+    return fn
+
+
+def is_deterministic(site: dict) -> bool:
+    """A ``pyro.deterministic`` site: a value computed from the latents, not a random variable."""
+    return site["type"] == "sample" and bool(site["infer"].get("_deterministic"))
+
+
+def is_factor(site: dict) -> bool:
+    """A ``pyro.factor`` site: a term added to the log density, with no value to predict."""
+    return site["type"] == "sample" and isinstance(_base_fn(site["fn"]), dist.Unit)
+
+
 def _is_real_sample(site: dict) -> bool:
-    return site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("_do_not_trace")
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("_do_not_trace")
+        and not is_deterministic(site)
+        and not is_factor(site)
+    )
+
+
+def deterministic_sites(tr: poutine.Trace) -> dict[str, dict]:
+    """``pyro.deterministic`` sites of a trace, in program order."""
+    return {n: s for n, s in tr.nodes.items() if is_deterministic(s)}
+
+
+def factor_sites(tr: poutine.Trace) -> dict[str, dict]:
+    """``pyro.factor`` sites of a trace, in program order."""
+    return {n: s for n, s in tr.nodes.items() if is_factor(s)}
+
+
+def observed_names(tr: poutine.Trace) -> dict[str, str]:
+    """Observed site → the name the user gave the observation: ``y_observed`` → ``y`` for a
+    site split by ``obs_mask`` (its ``y_unobserved`` latent and deterministic ``y`` present),
+    every other observed site → itself."""
+    out = {}
+    for n in observed_sites(tr):
+        base = n[: -len("_observed")]
+        split = (
+            n.endswith("_observed")
+            and f"{base}_unobserved" in tr.nodes
+            and base in tr.nodes
+            and is_deterministic(tr.nodes[base])
+        )
+        out[n] = base if split else n
+    return out
+
+
+def observation_mask(site: dict) -> torch.Tensor | None:
+    """Which observations of a site count, over its batch shape (``None``: all of them).
+    ``poutine.mask`` and ``obs_mask`` set it; a masked observation is not data."""
+    mask = site["mask"]
+    if mask is None or mask is True:
+        return None
+    shape = site["fn"].batch_shape
+    m = torch.as_tensor(mask, dtype=torch.bool).expand(shape)
+    return None if bool(m.all()) else m
+
+
+class MaskedNaN(Messenger):
+    """Lets an observed value hold NaN where its site is masked (``obs_mask``, ``poutine.mask``):
+    Pyro's support check refuses NaN even where the mask drops it, so those entries are
+    replaced by one of the site's own finite values (always inside the support) before the
+    site runs. NaN at an unmasked entry is left for Pyro to refuse."""
+
+    def _process_message(self, msg: dict) -> None:
+        value, mask = msg.get("value"), msg.get("mask")
+        if msg["type"] != "sample" or not msg["is_observed"] or mask is None or isinstance(mask, bool):
+            return
+        if not torch.is_tensor(value) or not value.is_floating_point():
+            return
+        nan = torch.isnan(value)
+        if not bool(nan.any()):
+            return
+        event_dim = msg["fn"].event_dim
+        nan_rows = nan.reshape(nan.shape[: nan.dim() - event_dim] + (-1,)).any(-1) if event_dim else nan
+        if bool((nan_rows & torch.as_tensor(mask, dtype=torch.bool).expand_as(nan_rows)).any()):
+            return  # NaN in an observation that counts: Pyro's own error names it
+        finite = value[~nan]
+        fill = finite.reshape(-1)[0] if finite.numel() else value.new_zeros(())
+        msg["infer"]["obs_with_nan"] = value  # the user's tensor, for telling data from inputs
+        msg["value"] = torch.where(nan, fill, value)
+
+
+class _Resample(Messenger):
+    """:func:`pyro.poutine.uncondition` for observations only: deterministic and factor sites
+    stay as they are (unconditioning Pyro's ``Delta`` of a deterministic inside a plate samples
+    it with the plate's shape twice over)."""
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["is_observed"] and not is_deterministic(msg) and not is_factor(msg):
+            msg["is_observed"] = False
+            msg["infer"]["was_observed"] = True
+            msg["infer"]["obs"] = msg["value"]
+            msg["value"] = None
+            msg["done"] = False
+
+
+def resample_observed(model: Callable) -> Callable:
+    """``model`` with every observed site drawn afresh from its distribution."""
+    return _Resample()(model)
+
+
+def allow_masked_nan(model: Callable) -> Callable:
+    """``model`` with :class:`MaskedNaN` applied: NaN accepted in ``obs`` where masked."""
+    return MaskedNaN()(model)
 
 
 def observed_sites(tr: poutine.Trace) -> dict[str, dict]:
@@ -96,7 +214,7 @@ def _vectorised(model, draws, args, kwargs, tr0, resample_observed):
     nesting = max_plate_nesting(tr0)
     latent = latent_sites(tr0)
     data = {k: _pad(v, latent[k], nesting) for k, v in draws.items()}
-    inner = poutine.uncondition(model) if resample_observed else model
+    inner = resample_observed(model) if resample_observed else model
     with pyro.plate("_draws", num, dim=-(nesting + 1)):
         tr = poutine.trace(poutine.condition(inner, data=data)).get_trace(*args, **kwargs)
     return tr, num, nesting
@@ -113,14 +231,65 @@ def _sites_out(tr, names, num, shape_of, value_of):
     return out
 
 
+def replay_sites(
+    model: Callable,
+    draws: Mapping[str, torch.Tensor],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    value_of: Mapping[str, Callable[[dict], torch.Tensor]],
+    tr0: poutine.Trace | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """``value_of[name](site)`` for every draw: ``({name: (S, *shape in one run)}, how)``.
+
+    Tries the vectorised replay (one run under an extra plate), checks its first and last
+    draws against single-draw replays, and falls back to a loop over draws; ``how`` says
+    which (``"vectorised"`` or ``"loop"``). Latent sites not in ``draws`` keep their values
+    of one run (they are none in a conditioned replay of posterior draws).
+    """
+    kwargs = dict(kwargs)
+    tr0 = tr0 if tr0 is not None else trace_model(model, args, kwargs)
+    shapes = {n: f(tr0.nodes[n]).shape for n, f in value_of.items()}
+    model = _fixed_rows(model, tr0)
+
+    def one(i: int) -> dict[str, torch.Tensor]:
+        data = {k: v[i] for k, v in draws.items()}
+        tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        return {n: f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items()}
+
+    with torch.no_grad():
+        if draws:
+            try:
+                tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=False)
+                out = _sites_out(tr, value_of, num, shapes, lambda s: value_of[s["name"]](s))
+                # guard against a broadcast that fits the shape but not the meaning
+                for i in {0, num - 1}:
+                    single = one(i)
+                    if not all(
+                        torch.allclose(out[n][i], single[n], rtol=1e-5, atol=1e-6, equal_nan=True) for n in value_of
+                    ):
+                        raise ValueError("vectorised replay disagrees with a single-draw replay")
+                return out, "vectorised"
+            except Exception:  # noqa: BLE001 - any failure of the vectorised path means: loop
+                pass
+        num = next(iter(draws.values())).shape[0] if draws else 1
+        per_draw = [one(i) for i in range(num)]
+        return {n: torch.stack([d[n] for d in per_draw]) for n in value_of}, "loop"
+
+
 def pointwise_log_likelihood(
-    model: Callable, draws: Mapping[str, torch.Tensor], args: tuple = (), kwargs: Mapping[str, Any] | None = None
+    model: Callable,
+    draws: Mapping[str, torch.Tensor],
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    sites: Sequence[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Log-likelihood of every observed value under every draw.
 
     ``draws`` maps latent site names to tensors with one leading draw dimension S. Returns
     ``({site: (S, *batch_shape)}, "vectorised" | "loop")``: the log-density of each
-    observation (event dims summed, no subsampling scale), and how it was computed.
+    observation (event dims summed, masked observations 0, no subsampling scale), and how
+    it was computed. ``sites`` picks the sites (default: every observed site; a
+    ``pyro.factor`` site may be named too).
     """
     kwargs = dict(kwargs or {})
     tr0 = trace_model(model, args, kwargs)
@@ -133,30 +302,26 @@ def pointwise_log_likelihood(
             "likelihood on random values. Marginalise them inside the model (e.g. a mixture "
             "distribution instead of a discrete site), or pass their draws (pyro.infer.infer_discrete)."
         )
-    model = _fixed_rows(model, tr0)
-    shapes = {n: s["log_prob"].shape for n, s in obs.items()}
-    with torch.no_grad():
-        if draws:
-            try:
-                tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=False)
-                out = _sites_out(tr, obs, num, shapes, _site_log_lik)
-                # guard against a broadcast that fits the shape but not the meaning
-                for i in {0, num - 1}:
-                    one = _log_lik_one(model, draws, i, args, kwargs, obs, shapes)
-                    if not all(torch.allclose(out[n][i], one[n], rtol=1e-5, atol=1e-6) for n in obs):
-                        raise ValueError("vectorised replay disagrees with a single-draw replay")
-                return out, "vectorised"
-            except Exception:  # noqa: BLE001 - any failure of the vectorised path means: loop
-                pass
-        num = next(iter(draws.values())).shape[0] if draws else 1
-        per_draw = [_log_lik_one(model, draws, i, args, kwargs, obs, shapes) for i in range(num)]
-        return {n: torch.stack([d[n] for d in per_draw]) for n in obs}, "loop"
+    names = list(obs) if sites is None else list(sites)
+    unknown = [n for n in names if n not in obs and not (n in tr0.nodes and is_factor(tr0.nodes[n]))]
+    if unknown:
+        raise ValueError(
+            f"pointwise log-likelihood: {unknown} are not observed or factor sites of the program; "
+            f"observed: {list(obs)}, factors: {list(factor_sites(tr0))}."
+        )
+    return replay_sites(model, draws, args, kwargs, {n: _site_log_lik for n in names}, tr0)
 
 
-def _log_lik_one(model, draws, i, args, kwargs, obs, shapes):
-    data = {k: v[i] for k, v in draws.items()}
-    tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-    return {n: _site_log_lik(tr.nodes[n]).reshape(shapes[n]) for n in obs}
+def deterministic_draws(
+    model: Callable, draws: Mapping[str, torch.Tensor], args: tuple = (), kwargs: Mapping[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The value of every ``pyro.deterministic`` site at every draw: ``({site: (S, *shape)}, how)``."""
+    kwargs = dict(kwargs or {})
+    tr0 = trace_model(model, args, kwargs)
+    names = deterministic_sites(tr0)
+    if not names:
+        return {}, "none"
+    return replay_sites(model, draws, args, kwargs, {n: lambda s: s["value"] for n in names}, tr0)
 
 
 def predictive_draws(
@@ -210,7 +375,7 @@ def predictive_draws(
         num = next(iter(draws.values())).shape[0] if draws else (num or 1)
         per_draw = {n: [] for n in obs}
         for i in range(num):
-            conditioned = poutine.condition(poutine.uncondition(model), data={k: v[i] for k, v in draws.items()})
+            conditioned = poutine.condition(resample_observed(model), data={k: v[i] for k, v in draws.items()})
             tr = poutine.trace(conditioned).get_trace(*args, **kwargs)
             for n in obs:
                 per_draw[n].append(tr.nodes[n]["value"].reshape(shapes[n]))

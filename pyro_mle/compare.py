@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from . import _replay
+from ._approx_loo import posterior_loo
 from ._rng import rng_scope
-from .diagnostics import loo, pareto_k_messages, sampling_messages, warn
+from .diagnostics import pareto_k_messages, sampling_messages, warn
 
 POINT_METHODS = ("mle", "map")
 POSTERIOR_METHODS = ("laplace", "vi", "nuts")
@@ -38,7 +39,9 @@ class Comparison:
         posterior mean), ``sd``, ``lower``/``upper`` (equal-tailed interval of probability
         ``ci_prob``; NaN for points), ``r_hat``, ``ess_bulk``, ``ess_tail``.
       * ``methods``: one row per method: ``nll`` (−log-likelihood of the data at the point
-        estimate or at the posterior mean), ``elpd_loo`` and its ``se`` (posterior methods),
+        estimate or at the posterior mean), ``elpd_loo`` and its ``se`` (posterior methods;
+        for Laplace and VI by :func:`arviz_stats.loo_approximate_posterior`, which corrects
+        for the draws coming from the approximation ``q`` rather than the posterior),
         ``run_time_s``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences``.
       * ``ci_prob``: probability of the intervals.
     """
@@ -248,7 +251,7 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
         mean = {k: v.reshape((-1,) + v.shape[2:]).mean(0, keepdim=True) for k, v in result.samples.items()}
         with _replay.param_store_copy(), torch.no_grad():
             ll, _ = _replay.pointwise_log_likelihood(model, mean, args, kwargs)
-        elpd = loo(tree)
+        elpd = posterior_loo(result, tree)  # Laplace, VI: corrected for q ≠ p
         warn(pareto_k_messages(elpd, method))
         divergences = int(result.sample_stats["diverging"].sum()) if "diverging" in result.sample_stats else math.nan
         method_rows.append(
@@ -304,6 +307,10 @@ def compare_likelihoods(
 ) -> LikelihoodComparison:
     """Fit each program's posterior on the same data and rank them by PSIS-LOO ELPD.
 
+    Laplace and VI draws are not posterior draws: their LOO is
+    :func:`arviz_stats.loo_approximate_posterior`, which reweights them by
+    ``log p − log q`` (see :func:`pyro_mle._approx_loo.posterior_loo`).
+
     Each model must observe the same data with its own likelihood (``Normal`` against
     ``StudentT``, say); the ranking says which loss generalises best. Pareto k > 0.7 and
     sampling problems are emitted as :class:`~pyro_mle.DiagnosticWarning` and kept in
@@ -333,7 +340,7 @@ def compare_likelihoods(
     for name, model in models.items():
         posts[name] = posterior(model, *args, method=method, seed=seed, diagnose=False, **options, **kwargs)
         trees[name] = to_datatree(posts[name], predictive=False, seed=seed)
-        loos[name] = loo(trees[name])
+        loos[name] = posterior_loo(posts[name], trees[name])
         if method == "nuts":
             messages += [f"{name}: {m}" for m in sampling_messages(trees[name])]
         messages += pareto_k_messages(loos[name], name)

@@ -28,11 +28,11 @@ Save with ``dt.to_netcdf(path)`` (h5netcdf) or ``dt.to_zarr(path)``; load with
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 import xarray as xr
 from arviz_base import from_dict
@@ -40,7 +40,9 @@ from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
 from . import _replay
+from ._groups import _constant_data, _np, _site_dims, predictions_groups, prior_groups
 from ._rng import rng_scope
+from .diagnostics import warn
 from .posterior import Posterior
 
 
@@ -51,8 +53,12 @@ def to_datatree(
     dims: Mapping[str, Sequence[str]] | None = None,
     num_draws: int = 500,
     predictive: bool = True,
-    log_likelihood: bool = True,
+    log_likelihood: bool | Mapping[str, Sequence[str]] = True,
     seed: int | None = 0,
+    prior: int | None = None,
+    predictions: tuple | Mapping[str, Any] | None = None,
+    pred_kwargs: Mapping[str, Any] | None = None,
+    pred_dims: Mapping[str, Sequence[str]] | None = None,
 ) -> xr.DataTree:
     """Convert ``result`` to an ArviZ 1.x DataTree.
 
@@ -63,106 +69,290 @@ def to_datatree(
     :param num_draws: for a point fit, the number of (identical) posterior draws and of
         predictive draws.
     :param predictive: add ``posterior_predictive``.
-    :param log_likelihood: add ``log_likelihood``.
+    :param log_likelihood: add ``log_likelihood`` (``False``: leave it out). A mapping
+        ``{"y": ["y", "censored"]}`` says which sites make up an observation's pointwise
+        log-likelihood: here the observed site ``y`` and the ``pyro.factor`` site
+        ``censored`` (hand-written censoring) are summed into one variable ``y``; observed
+        sites not named keep their own variable.
     :param seed: seed of the predictive draws; ``None`` draws fresh entropy. The caller's
         global generators are untouched.
+    :param prior: a number of draws from the prior: adds ``prior`` (latent and
+        deterministic sites) and ``prior_predictive`` (observations).
+    :param predictions: new inputs, the program's positional arguments (a tuple) or keyword
+        arguments (a mapping; ``pred_kwargs`` adds keywords to a tuple): adds ``predictions``
+        (one draw of every observed site per posterior draw) and
+        ``predictions_constant_data`` (the tensor inputs), dims from the plates of a run on
+        the new inputs.
+    :param pred_dims: variable name → dims of the predictions groups, overriding the plates.
 
     Example::
 
-        dt = pyro_mle.to_datatree(post)
+        dt = pyro_mle.to_datatree(post, prior=500, predictions=(x_new,))
         arviz_stats.loo(dt)
     """
     # rng_scope, not torch.manual_seed: a reset of the global generators would make the
     # caller's next draws the same after every call (a bootstrap loop around it repeats itself)
     with _replay.param_store_copy(), torch.no_grad(), rng_scope(seed):
-        return _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood)
+        dt, ctx = _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood)
+        if prior is not None:
+            groups = prior_groups(ctx["model"], ctx["args"], ctx["kwargs"], prior, ctx["names"], ctx["select"])
+            for group, variables, group_dims in zip(("prior", "prior_predictive"), groups, ctx["dims"]):
+                _add_group(dt, group, variables, group_dims, coords)
+        if predictions is not None or pred_kwargs:
+            new_args, new_kwargs = _prediction_inputs(predictions, pred_kwargs)
+            pred, constant, pdims = predictions_groups(
+                ctx["free_model"], ctx["user_model"], ctx["draws"], ctx["chains"], new_args, new_kwargs, pred_dims
+            )
+            _add_group(dt, "predictions", pred, pdims, coords)
+            if constant:
+                _add_group(dt, "predictions_constant_data", constant, pdims, coords)
+        return dt
+
+
+def _prediction_inputs(predictions, pred_kwargs):
+    if predictions is None:
+        return (), dict(pred_kwargs)
+    if isinstance(predictions, Mapping):
+        return (), {**predictions, **dict(pred_kwargs or {})}
+    if isinstance(predictions, tuple):
+        return predictions, dict(pred_kwargs or {})
+    raise TypeError(
+        f"to_datatree: predictions must be the program's new positional arguments as a tuple, e.g. "
+        f"predictions=(x_new,), or its keyword arguments as a dict; got a {type(predictions).__name__}."
+    )
+
+
+def _add_group(dt, group, variables, group_dims, coords):
+    # from_dict reads the dims of the predictions groups from pred_dims, of the others from dims
+    tree = from_dict(
+        {group: variables},
+        coords=dict(coords or {}),
+        dims=dict(group_dims),
+        pred_dims=dict(group_dims),
+        pred_coords=dict(coords or {}),
+    )
+    dt[group] = tree[group]
+    dt[group].attrs.update(_LIBRARY)
 
 
 def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
     samples, stats, model, args, kwargs, attrs = _unpack(result, num_draws)
+    user_model, model = model, _replay.allow_masked_nan(model)
     tr = _replay.trace_model(model, args, kwargs)
     obs = _replay.require_observed(model, tr)
+    names = _replay.observed_names(tr)  # site → observation name (obs_mask: y_observed → y)
     # a subsampling plate draws new rows on every run: pin the rows of this first run for all
-    model = _replay._fixed_rows(model, tr)
-    if any(s["type"] == "sample" and site_is_subsample(s) for s in tr.nodes.values()):
+    free_model, model = model, _replay._fixed_rows(model, tr)
+    # only a plate that really subsamples; every plate has a _Subsample site
+    if any(site_is_subsample(s) and s["value"].numel() < s["fn"].size for s in tr.nodes.values()):
         attrs["subsampled"] = 1  # observed_data and the pointwise values cover one minibatch only
     latent = _replay.latent_sites(tr)
     chains, draws = next(iter(samples.values())).shape[:2]
     # replay only latent sites; pyro.param values recorded by a fit live in the param store
     flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in samples.items() if k in latent}
     point = bool(attrs.get("point_estimate"))
+    one_or_all = {k: v[:1] for k, v in flat.items()} if point else flat
 
-    site_dims = {name: _site_dims(name, site) for name, site in {**latent, **obs}.items()}
+    determ = {n: s for n, s in _replay.deterministic_sites(tr).items() if n not in samples}
+    post_dims = {name: _site_dims(name, site) for name, site in {**latent, **determ}.items()}
     for k, v in samples.items():
-        site_dims.setdefault(k, [f"{k}_dim_{i}" for i in range(v.dim() - 2)])
-    data: dict[str, dict[str, np.ndarray]] = {"posterior": {k: _np(v) for k, v in samples.items()}}
+        post_dims.setdefault(k, [f"{k}_dim_{i}" for i in range(v.dim() - 2)])
+    posterior = {k: _np(v) for k, v in samples.items()}
+    if determ:
+        values, _ = _replay.deterministic_draws(model, one_or_all, args, kwargs)
+        for k, v in values.items():
+            v = v.expand((chains * draws,) + v.shape[1:]) if point else v
+            posterior[k] = _np(v.reshape((chains, draws) + v.shape[1:]))
+    user_coords = dict(coords or {})
+    # the sample groups and the observation groups are built apart: with obs_mask, "y" is the
+    # imputed data in posterior (every row) and the observations in observed_data (rows kept)
+    sample_groups = {"posterior": posterior}
+    if stats:
+        sample_groups["sample_stats"] = {k: _np(v) for k, v in stats.items()}
+    dt = from_dict(sample_groups, coords=user_coords, dims={**post_dims, **(dims or {})}, attrs={"/": attrs})
+
+    factors = list(_replay.factor_sites(tr))
+    groups = _likelihood_groups(log_likelihood, names, factors)
+    obs_data = _observations(obs, names, groups, tr)
+    obs_dims = {var: d["dims"] for var, d in obs_data.items()}
+    obs_coords = {d["dims"][0]: d["rows"] for d in obs_data.values() if d["rows"] is not None}
+    data: dict[str, dict[str, np.ndarray]] = {}
     if predictive:
         pp, _ = _replay.predictive_draws(model, flat, args, kwargs, num=chains * draws)
-        data["posterior_predictive"] = {k: _np(v.reshape((chains, draws) + v.shape[1:])) for k, v in pp.items()}
-    data["observed_data"] = {k: _np(s["value"]) for k, s in obs.items()}
-    constant = _constant_data(model, args, kwargs, obs)
+        data["posterior_predictive"] = {
+            names[k]: obs_data[names[k]]["select"](_np(v.reshape((chains, draws) + v.shape[1:])))
+            for k, v in pp.items()
+            if k in names
+        }
+    data["observed_data"] = {var: d["values"] for var, d in obs_data.items()}
+    constant = _constant_data(user_model, args, kwargs, obs)
     if constant:
         data["constant_data"] = {k: _np(v) for k, v in constant.items()}
         first = next(iter(obs))
+        first_dims = _site_dims(first, obs[first])
         for k, v in constant.items():
-            names = [f"{k}_dim_{i}" for i in range(v.dim())]
-            if v.dim() and site_dims[first] and v.shape[0] == obs[first]["value"].shape[0]:
-                names[0] = site_dims[first][0]  # rows of X share the observations' plate
-            site_dims[k] = names
-    if stats:
-        data["sample_stats"] = {k: _np(v) for k, v in stats.items()}
-    dims_all = {**site_dims, **(dims or {})}
-    dt = from_dict(data, coords=dict(coords or {}), dims=dims_all, attrs={"/": attrs})
-
-    if log_likelihood:
+            names_k = [f"{k}_dim_{i}" for i in range(v.dim())]
+            if v.dim() and first_dims and v.shape[0] == obs[first]["value"].shape[0]:
+                names_k[0] = first_dims[0]  # rows of X share the observations' plate
+            obs_dims[k] = names_k
+    if log_likelihood is not False:
+        sites = list(dict.fromkeys(s for members in groups.values() for s in members))
         # a point fit has one distinct draw: evaluate it once and repeat it
-        ll, how = _replay.pointwise_log_likelihood(
-            model, {k: v[:1] for k, v in flat.items()} if point else flat, args, kwargs
-        )
-        ll = {k: v.expand((chains * draws,) + v.shape[1:]) if point else v for k, v in ll.items()}
-        ll_np = {k: _np(v.reshape((chains, draws) + v.shape[1:])) for k, v in ll.items()}
-        # pointwise values have the site's batch dims only (a multivariate event is summed)
-        ll_dims = {k: dims_all.get(k, [])[: v.ndim - 2] for k, v in ll_np.items()}
-        ll_tree = from_dict({"log_likelihood": ll_np}, coords=dict(coords or {}), dims=ll_dims)
-        dt["log_likelihood"] = ll_tree["log_likelihood"]
-        dt.attrs["log_likelihood_method"] = how
-    return dt
+        ll, how = _replay.pointwise_log_likelihood(model, one_or_all, args, kwargs, sites=sites)
+        data["log_likelihood"] = {}
+        for var, members in groups.items():
+            total = _fold(var, members, ll)
+            total = total.expand((chains * draws,) + total.shape[1:]) if point else total
+            data["log_likelihood"][var] = obs_data[var]["select_ll"](
+                _np(total.reshape((chains, draws) + total.shape[1:]))
+            )
+        attrs["log_likelihood_method"] = how
+        left_out = [f for f in factors if f not in sites]
+        if left_out:
+            attrs["factor_sites"] = left_out
+            first = next(iter(obs_data))
+            warn(
+                [
+                    f"to_datatree: the pyro.factor site(s) {left_out} add to the model's log density but are not "
+                    "part of any observation's log_likelihood, so LOO ignores them. If a factor belongs to an "
+                    f"observation (hand-written censoring), fold it in: log_likelihood={{{first!r}: "
+                    f"[{first!r}, {left_out[0]!r}]}}."
+                ]
+            )
+    # pointwise values have the site's batch dims only (a multivariate event is summed)
+    all_obs_dims = {**obs_dims, **(dims or {})}
+    for group, variables in data.items():
+        # from_dict drops the trailing dims a variable does not have
+        tree = from_dict({group: variables}, coords={**obs_coords, **user_coords}, dims=all_obs_dims)
+        dt[group] = tree[group]
+    dt.attrs.update(attrs)
+    ctx = {
+        "model": model,
+        "free_model": free_model,
+        "user_model": user_model,
+        "args": args,
+        "kwargs": kwargs,
+        "names": names,
+        "select": {var: d["select"] for var, d in obs_data.items()},
+        "dims": ({**post_dims, **(dims or {})}, all_obs_dims),
+        "draws": flat,
+        "chains": chains,
+    }
+    _warn_hidden_observations(obs, names)
+    # ArviZ's converters (from_numpyro) stamp every group, not only the root
+    for group in dt.children.values():
+        group.attrs.update(_LIBRARY)
+    return dt, ctx
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
+def _likelihood_groups(spec, names, factors):
+    """Log-likelihood variable → the sites summed into it."""
+    observed = {var: site for site, var in names.items()}
+    groups = {var: [site] for var, site in observed.items()}
+    if spec is True or spec is False:
+        return groups
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"to_datatree: log_likelihood must be True, False or a mapping; got {spec!r}.")
+    for var, members in spec.items():
+        if isinstance(members, str):
+            members = [members]
+        bad = [m for m in members if m not in observed and m not in factors]
+        if var not in observed or bad:
+            raise ValueError(
+                f"to_datatree: log_likelihood={{{var!r}: {list(members)!r}}} names "
+                f"{bad if bad else [var]} which {'are' if len(bad) > 1 else 'is'} not "
+                f"{'an observed or factor site' if bad else 'an observed site'}; observed: {list(observed)}, "
+                f"factors: {factors}. The key is an observed site, the list its sites and factors."
+            )
+        groups[var] = [observed.get(m, m) for m in members]
+    return groups
 
 
-def _site_dims(name: str, site: dict) -> list[str]:
-    """Dimension names of a site's value: plate names where plates sit, else ``{name}_dim_{i}``."""
-    value = site["value"]
-    batch_ndim = value.dim() - site["fn"].event_dim
-    by_dim = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
-    names = []
-    for i in range(value.dim()):
-        rel = i - batch_ndim
-        names.append(by_dim.get(rel, f"{name}_dim_{i}") if rel < 0 else f"{name}_dim_{i}")
-    return names
+def _fold(var, members, ll):
+    """Sum the pointwise values of ``members`` (each broadcast to the first one's shape)."""
+    total = ll[members[0]]
+    for m in members[1:]:
+        try:
+            total = total + ll[m].expand_as(total) if ll[m].shape != total.shape else total + ll[m]
+        except RuntimeError:
+            raise ValueError(
+                f"to_datatree: log_likelihood for {var!r}: site {m!r} has pointwise shape {tuple(ll[m].shape[1:])}, "
+                f"which does not match {members[0]!r}'s {tuple(total.shape[1:])}. Give the factor one term per "
+                "observation, inside the same plate."
+            ) from None
+    return total
 
 
-def _constant_data(model: Callable, args: tuple, kwargs: Mapping[str, Any], obs: dict) -> dict[str, torch.Tensor]:
-    """Tensor arguments of the program that are not one of its observed values."""
-    try:
-        bound = inspect.signature(model).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return {}
-    observed = [s["value"] for s in obs.values()]
+def _observations(obs, names, groups, tr):
+    """Per observation variable: values, dims, and the selection of the rows that are data.
+
+    Masked observations (``obs_mask``, ``poutine.mask``) are not data: they are left out of
+    observed_data, posterior_predictive and log_likelihood alike (ArviZ's LOO has no notion of
+    a missing value), the kept batch entries flattened into one dim ``{var}_observed`` whose
+    coordinates are their flat indices in the site's batch shape.
+    """
     out = {}
-    for k, v in bound.arguments.items():
-        if isinstance(v, torch.Tensor) and not any(v is o for o in observed):
-            out[k] = v
+    for site, var in names.items():
+        s = obs[site]
+        value = s["value"]
+        dims = _site_dims(var, s)
+        # an observation counts where any site folded into it counts (a censored row is masked
+        # in y and present in its factor)
+        masks = [_replay.observation_mask(tr.nodes[m]) for m in groups.get(var, [site])]
+        mask = None if any(m is None for m in masks) else torch.stack(torch.broadcast_tensors(*masks)).any(0)
+        if mask is None:
+            out[var] = {"values": _np(value), "dims": dims, "rows": None, "select": _id, "select_ll": _id}
+            continue
+        batch = mask.dim()
+        keep = np.flatnonzero(_np(mask.reshape(-1)))
+        event = value.dim() - batch
+
+        def select(a, batch=batch, keep=keep, event=event):
+            lead = a.shape[: a.ndim - batch - event]
+            flat = a.reshape(lead + (-1,) + a.shape[a.ndim - event :])
+            return flat[(slice(None),) * len(lead) + (keep,)]
+
+        def select_ll(a, batch=batch, keep=keep):
+            flat = a.reshape(a.shape[: a.ndim - batch] + (-1,))
+            return flat[..., keep]
+
+        out[var] = {
+            "values": select(_np(value)),
+            "dims": [f"{var}_observed"] + dims[batch:],
+            "rows": keep,
+            "select": select,
+            "select_ll": select_ll,
+        }
     return out
+
+
+def _id(a):
+    return a
+
+
+def _warn_hidden_observations(obs, names):
+    """An observed site whose batch shape is empty but whose event holds several values: LOO
+    sees one observation where the user has many (``.to_event`` over the data axis)."""
+    for site, var in names.items():
+        fn = obs[site]["fn"]
+        if not fn.batch_shape and fn.event_shape.numel() > 1:
+            warn(
+                [
+                    f"to_datatree: observed site {var!r} has event shape {tuple(fn.event_shape)} and no batch dims, "
+                    "so its log_likelihood is one value per draw and LOO sees a single observation. If its values "
+                    "are separate observations, declare them with pyro.plate instead of .to_event(); if they are "
+                    "one multivariate observation, this is right and LOO needs several such sites or a plate."
+                ]
+            )
+
+
+_LIBRARY = {"inference_library": "pyro", "inference_library_version": pyro.__version__}
 
 
 def _unpack(result: Any, num_draws: int):
     """(samples (chain, draw, …), stats, model, args, kwargs, attrs) from any supported result."""
     if isinstance(result, Posterior):
-        attrs = {"inference_library": "pyro", "method": result.method, "created_by": "pyro_mle"}
+        attrs = {**_LIBRARY, "method": result.method, "created_by": "pyro_mle"}
         return dict(result.samples), dict(result.sample_stats), result.model, result.args, result.kwargs, attrs
     if isinstance(result, MCMC):
         samples = {k: v.detach() for k, v in result.get_samples(group_by_chain=True).items()}
@@ -176,7 +366,7 @@ def _unpack(result: Any, num_draws: int):
             raise ValueError(
                 "to_datatree: this MCMC kernel was built from a potential_fn, not a model; nothing to replay."
             )
-        attrs = {"inference_library": "pyro", "method": "mcmc", "created_by": "pyro_mle"}
+        attrs = {**_LIBRARY, "method": "mcmc", "created_by": "pyro_mle"}
         return samples, {"diverging": diverging}, model, result._args, result._kwargs, attrs
     if hasattr(result, "params") and hasattr(result, "model"):  # pyro_mle.Fit
         return _unpack_fit(result, num_draws)
@@ -203,7 +393,7 @@ def _unpack_fit(fit: Any, num_draws: int):
         v = torch.as_tensor(v).detach()
         samples[k] = v.expand((1, num_draws) + v.shape).clone()
     attrs = {
-        "inference_library": "pyro",
+        **_LIBRARY,
         "method": getattr(fit, "method", "point"),
         "created_by": "pyro_mle",
         "point_estimate": 1,

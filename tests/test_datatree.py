@@ -180,7 +180,7 @@ def test_replays_use_the_current_param_store(data):
     pyro.clear_param_store()
 
 
-def test_masked_rows_contribute_nothing(data):
+def test_masked_rows_are_not_observations(data):
     X, y, _ = data
     keep = torch.arange(N) < 30
 
@@ -190,8 +190,14 @@ def test_masked_rows_contribute_nothing(data):
             pyro.sample("y", dist.Normal((X * w).sum(-1), SIGMA), obs=y)
 
     post = pyro_mle.posterior(masked, X, y, method="laplace", num_samples=10, chains=1)
-    ll = pyro_mle.to_datatree(post)["log_likelihood"]["y"].values.reshape(10, N)
-    assert (ll[:, 30:] == 0).all() and (ll[:, :30] < 0).all()
+    dt = pyro_mle.to_datatree(post)
+    ll = dt["log_likelihood"]["y"]
+    # masked rows are left out (ArviZ's LOO has no missing values); the coordinates name the rows kept
+    assert ll.dims == ("chain", "draw", "y_observed") and list(ll["y_observed"].values) == list(range(30))
+    w = dt["posterior"]["w"].values.reshape(-1, D)
+    ref = stats.norm(w @ X.numpy()[:30].T, SIGMA).logpdf(y.numpy()[:30])
+    np.testing.assert_allclose(ll.values.reshape(10, 30), ref, rtol=1e-10)
+    assert dt["observed_data"]["y"].shape == (30,) and dt["posterior_predictive"]["y"].shape == (1, 10, 30)
 
 
 def test_a_subsampled_model_keeps_one_set_of_rows(data):

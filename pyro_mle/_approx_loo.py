@@ -1,0 +1,92 @@
+"""PSIS-LOO for draws that are not posterior draws.
+
+Laplace and VI draws come from a Gaussian ``q`` over the unconstrained parameters, not from
+the posterior ``p``. PSIS-LOO on them as if they were posterior draws estimates the LOO of
+``q``; :func:`arviz_stats.loo_approximate_posterior` corrects the importance ratios with
+``log p − log q`` (Magnusson et al. 2019, "Bayesian leave-one-out cross-validation for large
+data"), and both densities are at hand: ``q`` is the Gaussian the draws came from
+(``Posterior.info["loc"]``, ``["covariance"]``), ``p`` the program's unnormalised log joint in
+the same unconstrained space (Pyro's potential, Jacobian included).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import xarray as xr
+from pyro.infer.mcmc.util import initialize_model
+
+from . import _replay
+from ._rng import rng_scope
+
+APPROXIMATE_METHODS = ("laplace", "vi")
+
+
+def approximation_log_densities(post: Any) -> tuple[xr.DataArray, xr.DataArray]:
+    """``(log_p, log_q)`` at every draw of a Laplace or VI :class:`~pyro_mle.Posterior`,
+    each a DataArray over ``(chain, draw)``, both in the unconstrained space the Gaussian
+    ``q`` lives in (``log_p`` up to its normalising constant, which LOO does not need)."""
+    info = post.info
+    if post.method not in APPROXIMATE_METHODS or "loc" not in info or "covariance" not in info:
+        raise ValueError(
+            f"approximation_log_densities: a {post.method!r} posterior has no proposal density; only Laplace and "
+            "VI draws (with info['loc'] and info['covariance']) do. Use arviz_stats.loo for NUTS draws."
+        )
+    # initialize_model draws an initial point (and differentiates there); its random draws must
+    # not touch the caller's generators
+    with _replay.param_store_copy(), rng_scope(0):
+        _, potential_fn, transforms, _ = initialize_model(post.model, model_args=post.args, model_kwargs=post.kwargs)
+        return _log_densities(post, info, potential_fn, transforms)
+
+
+def _log_densities(post, info, potential_fn, transforms):
+    with torch.no_grad():
+        flat = post.flat_samples()
+        total = next(iter(flat.values())).shape[0]
+        pieces, unconstrained = [], {}
+        for name, shape in info["layout"]:
+            u = transforms[name](flat[name].to(info["loc"].dtype))
+            unconstrained[name] = u
+            pieces.append(u.reshape(total, math.prod(shape)))
+        theta = torch.cat(pieces, dim=-1)
+        q = torch.distributions.MultivariateNormal(info["loc"], covariance_matrix=info["covariance"])
+        log_q = q.log_prob(theta)
+        log_p = torch.stack([-potential_fn({k: v[i] for k, v in unconstrained.items()}) for i in range(total)])
+    shape = (post.num_chains, post.num_draws)
+    as_da = lambda t: xr.DataArray(t.detach().double().reshape(shape).numpy(), dims=("chain", "draw"))  # noqa: E731
+    return as_da(log_p), as_da(log_q)
+
+
+def posterior_loo(post: Any, dt: xr.DataTree) -> Any:
+    """PSIS-LOO of a posterior's DataTree: :func:`arviz_stats.loo` for NUTS draws,
+    :func:`arviz_stats.loo_approximate_posterior` for Laplace and VI draws.
+
+    Several observed sites over the same rows are scored leave-one-row-out (their pointwise
+    values summed), as :func:`pyro_mle.diagnostics.loo` does. The generic Pareto-k
+    UserWarning is held back; :func:`pyro_mle.diagnostics.pareto_k_messages` reports it."""
+    import arviz_stats as azs
+
+    from .diagnostics import loo
+
+    if post.method not in APPROXIMATE_METHODS:
+        return loo(dt)
+    names = list(dt["log_likelihood"].data_vars)
+    if len(names) > 1:
+        ll = dt["log_likelihood"].to_dataset()
+        if len({ll[n].dims for n in names}) != 1:
+            raise ValueError(
+                f"loo: the observed sites {names} have different dimensions, so there is no common row to leave "
+                "out. Call arviz_stats.loo_approximate_posterior(dt, log_p, log_q, var_name=...) for one site."
+            )
+        dt = dt.copy()
+        dt["log_likelihood"] = xr.DataTree(xr.Dataset({"+".join(names): sum(ll[n] for n in names)}))
+    log_p, log_q = approximation_log_densities(post)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        return azs.loo_approximate_posterior(dt, log_p, log_q)
+
+
+__all__ = ["APPROXIMATE_METHODS", "approximation_log_densities", "posterior_loo"]
