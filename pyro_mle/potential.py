@@ -35,6 +35,7 @@ checked when the program was first traced.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -172,11 +173,15 @@ def build_potential(
             (grad,) = torch.autograd.grad(value, theta)
         return value.detach(), grad.detach()
 
+    # Pyro's handler stack, its validation flag and the warning filters are process-global:
+    # nutpie's chains call this from several threads, one program run at a time
+    lock = threading.Lock()
+
     def interpreted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().to(dtype)
         if not bool(torch.isfinite(x).all()) or not finite_parameters(x):
             return _infinite(x)
-        with _quiet_program():
+        with lock, _quiet_program():
             try:
                 value, grad = graph(x)
             except (ValueError, RuntimeError):
