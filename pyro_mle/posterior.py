@@ -2,10 +2,12 @@
 
 Three readings of the posterior:
 
-* ``"nuts"``: Pyro's NUTS through :class:`pyro.infer.MCMC`, JIT-compiled where the program
-  allows it (``jit_compile=True``, falling back to the interpreter when tracing fails);
-  chains run one after another, each from its own seed spawned from ``seed`` (see
-  :func:`pyro_mle._rng.spawn_seeds`), so a run is reproducible from its seed.
+* ``"nuts"``: NUTS on the program's unconstrained potential, compiled once and checked
+  against the interpreted program (:mod:`pyro_mle.potential`). ``sampler="nutpie"`` (default)
+  runs nutpie's Rust NUTS with chains in parallel; ``sampler="pyro"`` runs
+  :class:`pyro.infer.NUTS`, chains one after another, each from its own seed spawned from
+  ``seed`` (:func:`pyro_mle._rng.spawn_seeds`). Programs with discrete latents or subsampling
+  plates run on Pyro's NUTS, interpreted (``info["fallback"]`` says why).
 * ``"laplace"``: a Gaussian at the posterior mode in the unconstrained space, with covariance
   the inverse Hessian of the negative log joint there (exact for a linear-Gaussian model).
 * ``"vi"``: SVI with a full-rank multivariate normal guide
@@ -61,11 +63,14 @@ class Posterior:
         ``diverging``, ``acceptance_rate`` (the transition's mean acceptance probability
         over its tree, Stan's ``accept_stat__``; *not* Pyro's running "acceptance rate"
         diagnostic), ``step_size``, ``tree_depth``, ``n_steps`` (leapfrog steps),
-        ``energy`` (the Hamiltonian at the start of the transition) and ``lp`` (log joint
-        density at the draw, unconstrained space). Laplace and VI draws are independent and
+        ``energy`` (the Hamiltonian of the transition), ``lp`` (log joint density at the
+        draw, unconstrained space) and ``reached_max_treedepth``. ``tree_depth`` is Stan's
+        ``treedepth__`` (doublings taken) for both engines. Laplace and VI draws are independent and
         have no sampler statistics.
       * ``info``: run facts: ``run_time_s``, ``seed``, ``chains``, ``num_samples``,
-        ``warmup``, and per method ``jit`` (and ``jit_error`` when it fell back),
+        ``warmup``, and for NUTS ``sampler``, ``route`` of the potential (``"script"``,
+        ``"fx-script"``, ``"interpreted"``), ``route_reason`` (why faster routes were refused),
+        ``jit`` (a compiled route ran), ``fallback`` (why Pyro's engine ran); per method
         ``loc``/``covariance``/``layout`` of the Gaussian (Laplace, VI; unconstrained
         space), ``elbo`` history (VI).
       * ``model``, ``args``, ``kwargs``: the program and the data it was run on, for
