@@ -3,6 +3,10 @@
 * r-hat above 1.01 (Vehtari et al. 2021): chains disagree;
 * bulk or tail ESS below 100 per chain: too few effective draws for stable summaries;
 * divergent transitions: the sampler missed part of the posterior;
+* E-BFMI below 0.3 in a chain (Betancourt 2016): the momentum resampling explores the energy
+  distribution poorly (heavy tails, a funnel), the draws may be biased;
+* transitions that reached the maximum tree depth: the trajectories were cut short, the
+  sampler explores slowly (not a bias, an inefficiency);
 * Pareto k above ArviZ's threshold (0.7, lower for few draws): the PSIS-LOO estimate is
   unreliable for those rows.
 
@@ -19,14 +23,19 @@ import numpy as np
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
 PARETO_K_MAX = 0.7
+EBFMI_MIN = 0.3
 
 
 class DiagnosticWarning(UserWarning):
     """A posterior diagnostic crossed its threshold."""
 
 
-def sampling_messages(dt: Any) -> list[str]:
-    """Messages for r-hat, ESS and divergences of a DataTree's ``posterior`` group."""
+def sampling_messages(dt: Any, max_tree_depth: int | None = None) -> list[str]:
+    """Messages for r-hat, ESS, divergences, E-BFMI and tree depth of a DataTree's
+    ``posterior`` and ``sample_stats`` groups.
+
+    The tree-depth check reads ``reached_max_treedepth`` when the statistics have it, else
+    ``tree_depth >= max_tree_depth`` when ``max_tree_depth`` is given."""
     import arviz_stats as azs
 
     msgs = []
@@ -57,9 +66,44 @@ def sampling_messages(dt: Any) -> list[str]:
             total = chains * draws
             msgs.append(
                 f"{n_div} of {total} transitions diverged: the posterior has regions the sampler cannot "
-                "explore (a funnel, a hard constraint). Raise target_accept_prob (e.g. 0.95) or "
+                "explore (a funnel, a hard constraint). Raise target_accept (e.g. 0.95) or "
                 "reparameterise; do not trust the draws as they are."
             )
+    msgs += _energy_messages(dt, max_tree_depth)
+    return msgs
+
+
+def _energy_messages(dt: Any, max_tree_depth: int | None) -> list[str]:
+    """E-BFMI per chain and transitions at the maximum tree depth."""
+    import arviz_stats as azs
+
+    if "sample_stats" not in dt.children:
+        return []
+    stats = dt["sample_stats"]
+    msgs = []
+    if "energy" in stats.data_vars and stats["energy"].sizes.get("draw", 0) > 2:
+        values = np.atleast_1d(np.asarray(azs.bfmi(dt)["energy"].values, dtype=float))
+        low = [(c, v) for c, v in enumerate(values) if np.isfinite(v) and v < EBFMI_MIN]
+        if low:
+            where = ", ".join(f"chain {c}: {v:.2f}" for c, v in low)
+            msgs.append(
+                f"E-BFMI below {EBFMI_MIN} ({where}): the sampler explores the energy distribution poorly "
+                "(heavy tails or a funnel), so the draws may be biased. Reparameterise (e.g. non-centred) or "
+                "use more informative priors."
+            )
+    if "reached_max_treedepth" in stats.data_vars:
+        hit = np.asarray(stats["reached_max_treedepth"].values, dtype=bool)
+    elif max_tree_depth is not None and "tree_depth" in stats.data_vars:
+        hit = np.asarray(stats["tree_depth"].values) >= max_tree_depth
+    else:
+        hit = np.zeros(0, dtype=bool)
+    if hit.any():
+        depth = f" ({max_tree_depth})" if max_tree_depth is not None else ""
+        msgs.append(
+            f"{int(hit.sum())} of {hit.size} transitions reached the maximum tree depth{depth}: the trajectories "
+            "were cut short and the sampler explores slowly. Raise max_tree_depth, or reparameterise "
+            "(strong correlations or very different scales; adaptation='low_rank' adapts to correlations)."
+        )
     return msgs
 
 

@@ -2,10 +2,12 @@
 
 Three readings of the posterior:
 
-* ``"nuts"``: Pyro's NUTS through :class:`pyro.infer.MCMC`, JIT-compiled where the program
-  allows it (``jit_compile=True``, falling back to the interpreter when tracing fails);
-  chains run one after another, each from its own seed spawned from ``seed`` (see
-  :func:`pyro_mle._rng.spawn_seeds`), so a run is reproducible from its seed.
+* ``"nuts"``: NUTS on the program's unconstrained potential, compiled once and checked
+  against the interpreted program (:mod:`pyro_mle.potential`). ``sampler="nutpie"`` (default)
+  runs nutpie's Rust NUTS with chains in parallel; ``sampler="pyro"`` runs
+  :class:`pyro.infer.NUTS`, chains one after another, each from its own seed spawned from
+  ``seed`` (:func:`pyro_mle._rng.spawn_seeds`). Programs with discrete latents or subsampling
+  plates run on Pyro's NUTS, interpreted (``info["fallback"]`` says why).
 * ``"laplace"``: a Gaussian at the posterior mode in the unconstrained space, with covariance
   the inverse Hessian of the negative log joint there (exact for a linear-Gaussian model).
 * ``"vi"``: SVI with a full-rank multivariate normal guide
@@ -25,7 +27,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,18 +34,21 @@ from typing import Any
 import pyro
 import torch
 from arviz_base import from_dict
-from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 from pyro.infer.mcmc.util import initialize_model
+from pyro.poutine.util import site_is_subsample
 
-from . import _replay
+from . import _nutpie, _pyro_nuts, _replay
 from ._rng import rng_scope, spawn_seeds
 from .diagnostics import sampling_messages, warn
 from .optim.lbfgs import lbfgs
 from .optim.newton import hessian_from, newton, value_and_grad_from
 from .optim.stopping import default_tolerances, relative_gradient
+from .potential import build_potential
 
 METHODS = ("nuts", "laplace", "vi")
+SAMPLERS = ("nutpie", "pyro")
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,14 @@ class Posterior:
         ``diverging``, ``acceptance_rate`` (the transition's mean acceptance probability
         over its tree, Stan's ``accept_stat__``; *not* Pyro's running "acceptance rate"
         diagnostic), ``step_size``, ``tree_depth``, ``n_steps`` (leapfrog steps),
-        ``energy`` (the Hamiltonian at the start of the transition) and ``lp`` (log joint
-        density at the draw, unconstrained space). Laplace and VI draws are independent and
+        ``energy`` (the Hamiltonian of the transition), ``lp`` (log joint density at the
+        draw, unconstrained space) and ``reached_max_treedepth``. ``tree_depth`` is Stan's
+        ``treedepth__`` (doublings taken) for both engines. Laplace and VI draws are independent and
         have no sampler statistics.
       * ``info``: run facts: ``run_time_s``, ``seed``, ``chains``, ``num_samples``,
-        ``warmup``, and per method ``jit`` (and ``jit_error`` when it fell back),
+        ``warmup``, and for NUTS ``sampler``, ``route`` of the potential (``"script"``,
+        ``"fx-script"``, ``"interpreted"``), ``route_reason`` (why faster routes were refused),
+        ``jit`` (a compiled route ran), ``fallback`` (why Pyro's engine ran); per method
         ``loc``/``covariance``/``layout`` of the Gaussian (Laplace, VI; unconstrained
         space), ``elbo`` history (VI).
       * ``model``, ``args``, ``kwargs``: the program and the data it was run on, for
@@ -113,8 +120,11 @@ def posterior(
     seed: int | None = 0,
     progress: bool | None = None,
     jit: bool = True,
-    target_accept_prob: float = 0.8,
+    sampler: str = "nutpie",
+    adaptation: str = "diag",
+    target_accept: float = 0.8,
     max_tree_depth: int = 10,
+    target_accept_prob: float | None = None,
     vi_steps: int = 3000,
     vi_lr: float = 0.01,
     diagnose: bool = True,
@@ -131,7 +141,17 @@ def posterior(
         entropy. The chains get independent seeds spawned from it
         (:func:`~pyro_mle._rng.spawn_seeds`). The caller's global generators are untouched.
     :param progress: progress bars; default on when stderr is a terminal.
-    :param jit: JIT-compile the NUTS potential (falls back when the program won't trace).
+    :param jit: compile the NUTS potential (:mod:`pyro_mle.potential`: traced, checked against
+        the program, the interpreted program when no trace reproduces it).
+    :param sampler: the NUTS engine: ``"nutpie"`` (default; Rust, chains in parallel) or
+        ``"pyro"`` (:class:`pyro.infer.NUTS`, chains one after another). Programs with
+        discrete latent sites or subsampling plates run on Pyro's NUTS, interpreted;
+        ``info["fallback"]`` says why.
+    :param adaptation: nutpie's mass-matrix adaptation, ``"diag"`` or ``"low_rank"`` (adapts to
+        correlations between parameters).
+    :param target_accept: the mean acceptance probability the step size is adapted to; raise it
+        (0.9–0.99) when transitions diverge. ``target_accept_prob`` is the same (Pyro's name).
+    :param max_tree_depth: at most ``2**max_tree_depth`` leapfrog steps per transition.
     :param vi_steps, vi_lr: SVI steps and Adam learning rate for ``"vi"``.
     :param diagnose: after NUTS, warn (:class:`~pyro_mle.diagnostics.DiagnosticWarning`)
         about r-hat > 1.01, ESS below 100 per chain and divergent transitions.
@@ -150,6 +170,16 @@ def posterior(
         raise ValueError(f"posterior: warmup must be a non-negative integer; got {warmup!r}.")
     if progress is None:
         progress = sys.stderr.isatty()
+    if target_accept_prob is not None:
+        target_accept = target_accept_prob
+    if sampler not in SAMPLERS:
+        raise ValueError(f"posterior: unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
+    if adaptation not in _nutpie.ADAPTATIONS:
+        raise ValueError(f"posterior: unknown adaptation {adaptation!r}; choose one of {list(_nutpie.ADAPTATIONS)}.")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"posterior: target_accept must be in (0, 1); got {target_accept!r}.")
+    if int(max_tree_depth) != max_tree_depth or max_tree_depth < 1:
+        raise ValueError(f"posterior: max_tree_depth must be a positive integer; got {max_tree_depth!r}.")
     start = time.perf_counter()
     with rng_scope(seed):  # the caller's generators are restored on the way out, also on error
         tr = _replay.trace_model(model, args, kwargs)
@@ -160,18 +190,11 @@ def posterior(
                 "posterior to draw. Give the parameters priors (pyro.sample), or use pyro_mle.fit for point estimates."
             )
         if method == "nuts":
+            options = dict(
+                sampler=sampler, adaptation=adaptation, target_accept=target_accept, max_tree_depth=max_tree_depth
+            )
             samples, stats, info = _run_nuts(
-                model,
-                args,
-                kwargs,
-                num_samples,
-                warmup,
-                chains,
-                seed,
-                progress,
-                jit,
-                target_accept_prob,
-                max_tree_depth,
+                model, args, kwargs, tr, num_samples, warmup, chains, seed, progress, jit, options
             )
         elif method == "laplace":
             samples, stats, info = _run_laplace(model, args, kwargs, num_samples, chains, seed)
@@ -187,7 +210,7 @@ def posterior(
         info["warmup"] = warmup
     result = Posterior(method, samples, stats, info, model, tuple(args), dict(kwargs))
     if diagnose and method == "nuts":
-        warn(sampling_messages(_draws_tree(result)))
+        warn(sampling_messages(_draws_tree(result), max_tree_depth=max_tree_depth))
     return result
 
 
@@ -205,108 +228,73 @@ def _draws_tree(result: Posterior):
 # --------------------------------------------------------------------------- NUTS
 
 
-class _RecordingNUTS(NUTS):
-    """NUTS that keeps per-draw statistics Pyro computes but does not store.
-
-    The mean acceptance probability of each transition is recovered exactly from Pyro's
-    running mean (a_n = n·m_n − (n−1)·m_{n−1}); tree depth and leapfrog steps are counted
-    from the top-level and base-case tree builds; the energy is the Hamiltonian with the
-    freshly drawn momentum, the first kinetic energy evaluated in a transition.
-    """
-
-    def setup(self, warmup_steps, *args, **kwargs):
-        self.records = {k: [] for k in ("diverging", "acceptance_rate", "step_size", "tree_depth", "n_steps")}
-        self.records["energy"] = []
-        self.records["lp"] = []
-        self._level = self._depth = self._steps = 0
-        self._start_energy = None
-        return super().setup(warmup_steps, *args, **kwargs)
-
-    def _kinetic_energy(self, r_unscaled):
-        k = super()._kinetic_energy(r_unscaled)
-        if self._start_energy is None:
-            self._start_energy = k
-        return k
-
-    def _build_tree(self, *args, **kwargs):
-        if self._level == 0:
-            self._depth += 1
-        self._level += 1
-        try:
-            return super()._build_tree(*args, **kwargs)
-        finally:
-            self._level -= 1
-
-    def _build_basetree(self, *args, **kwargs):
-        self._steps += 1
-        return super()._build_basetree(*args, **kwargs)
-
-    def sample(self, params):
-        self._depth, self._steps, self._start_energy = 0, 0, None
-        n_div, mean_before = len(self._divergences), self._mean_accept_prob
-        _, potential_before, _ = self._fetch_from_cache()
-        z = super().sample(params)
-        if self._t > self._warmup_steps:
-            n = self._t - self._warmup_steps
-            r = self.records
-            r["diverging"].append(len(self._divergences) > n_div)
-            r["acceptance_rate"].append(n * self._mean_accept_prob - (n - 1) * (mean_before if n > 1 else 0.0))
-            r["step_size"].append(float(self.step_size))
-            r["tree_depth"].append(self._depth)
-            r["n_steps"].append(self._steps)
-            start = self._start_energy
-            energy = (
-                float(start) + float(potential_before)
-                if start is not None and potential_before is not None
-                else math.nan
-            )
-            r["energy"].append(energy)
-            _, potential, _ = self._fetch_from_cache()
-            r["lp"].append(-float(potential) if potential is not None else math.nan)
-        return z
+def _nutpie_refusal(tr) -> str:
+    """Why nutpie cannot sample this program (``""`` when it can): its potential must be a
+    deterministic function of one flat vector of continuous latents."""
+    discrete = [n for n, s in _replay.latent_sites(tr).items() if s["fn"].support.is_discrete]
+    if discrete:
+        return f"discrete latent sites {discrete} are enumerated by Pyro's NUTS"
+    subsampled = [
+        n
+        for n, s in tr.nodes.items()
+        if s["type"] == "sample" and site_is_subsample(s) and s["value"].numel() < s["fn"].size
+    ]
+    if subsampled:
+        return f"subsampling plates {subsampled} make the potential random"
+    return ""
 
 
-def _run_nuts(model, args, kwargs, num_samples, warmup, chains, seed, progress, jit, target, depth):
-    per_chain, stats = [], []
-    info: dict[str, Any] = {"jit": jit}
-    # one independent stream per chain; never seed + c, which would make chain 1 of seed 0
-    # chain 0 of seed 1
-    chain_seeds = spawn_seeds(seed, chains)
-    for c in range(chains):
-        for use_jit in (True, False) if info["jit"] else (False,):
-            # each attempt starts from the chain's seed: the interpreted retry after a failed
-            # JIT trace draws what an interpreted run would have
-            with rng_scope(chain_seeds[c]):
-                kernel = _RecordingNUTS(
-                    model,
-                    jit_compile=use_jit,
-                    ignore_jit_warnings=True,
-                    target_accept_prob=target,
-                    max_tree_depth=depth,
-                )
-                mcmc = MCMC(
-                    kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=not progress
-                )
-                try:
-                    with warnings.catch_warnings():
-                        # torch ≥ 2.9 flags torch.jit.trace as deprecated; Pyro's JIT path still uses it
-                        warnings.filterwarnings(
-                            "ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning
-                        )
-                        mcmc.run(*args, **kwargs)
-                    break
-                except Exception as e:  # noqa: BLE001 - a program the JIT cannot trace runs interpreted
-                    if not use_jit:
-                        raise
-                    info["jit"], info["jit_error"] = False, f"{type(e).__name__}: {e}"
-        per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-        stats.append(kernel.records)
-    samples = {k: torch.stack([ch[k] for ch in per_chain]) for k in per_chain[0]}
-    sample_stats = {}
-    for k in stats[0]:
-        dtype = torch.bool if k == "diverging" else torch.long if k in ("tree_depth", "n_steps") else torch.float64
-        sample_stats[k] = torch.tensor([s[k] for s in stats], dtype=dtype)
-    return samples, sample_stats, info
+def _run_nuts(model, args, kwargs, tr, num_samples, warmup, chains, seed, progress, jit, options):
+    sampler = options["sampler"]
+    info: dict[str, Any] = {"sampler": sampler}
+    refusal = _nutpie_refusal(tr)
+    if refusal:
+        # the program itself, interpreted: a trace of a random or enumerated potential cannot be
+        # checked against the program at fixed points
+        info.update(sampler="pyro", route="interpreted", jit=False, fallback=refusal)
+        samples, stats = _pyro_nuts.sample(
+            model,
+            args,
+            kwargs,
+            num_samples,
+            warmup,
+            chains,
+            seed,
+            progress,
+            options["target_accept"],
+            options["max_tree_depth"],
+        )
+        return samples, stats, info
+    (check_seed, run_seed) = spawn_seeds(seed, 2)
+    potential = build_potential(model, args, kwargs, compile=jit, check_seed=check_seed)
+    info.update(route=potential.route, jit=potential.route != "interpreted", route_reason=potential.reason)
+    if sampler == "nutpie":
+        samples, stats = _nutpie.sample(
+            potential,
+            num_samples,
+            warmup,
+            chains,
+            _nutpie.seed_for(run_seed),
+            progress,
+            options["adaptation"],
+            options["target_accept"],
+            options["max_tree_depth"],
+        )
+        info["adaptation"] = options["adaptation"]
+    else:
+        samples, stats = _pyro_nuts.sample(
+            potential,
+            args,
+            kwargs,
+            num_samples,
+            warmup,
+            chains,
+            run_seed,
+            progress,
+            options["target_accept"],
+            options["max_tree_depth"],
+        )
+    return samples, stats, info
 
 
 # --------------------------------------------------------------------------- Laplace and VI

@@ -36,10 +36,12 @@ def blr(X, y=None):
     Normal(scale=SIGMA)("y", X @ w, obs=y)
 
 
-@pytest.fixture(scope="module")
-def nuts(data):
+@pytest.fixture(scope="module", params=["nutpie", "pyro"])
+def nuts(data, request):
     X, y, _, _ = data
-    return pyro_mle.posterior(blr, X, y, method="nuts", num_samples=500, warmup=300, chains=2, seed=1)
+    return pyro_mle.posterior(
+        blr, X, y, method="nuts", sampler=request.param, num_samples=500, warmup=300, chains=2, seed=1
+    )
 
 
 def test_nuts_mean_matches_the_conjugate_posterior_within_mcse(nuts, data):
@@ -67,21 +69,37 @@ def test_nuts_sample_stats_and_reproducibility(nuts, data):
     X, y, _, _ = data
     assert nuts.samples["w"].shape == (2, 500, D)
     st = nuts.sample_stats
-    assert set(st) == {"diverging", "acceptance_rate", "step_size", "tree_depth", "n_steps", "energy", "lp"}
+    assert set(st) == {
+        "diverging",
+        "acceptance_rate",
+        "step_size",
+        "tree_depth",
+        "n_steps",
+        "energy",
+        "lp",
+        "reached_max_treedepth",
+    }
     assert all(v.shape == (2, 500) for v in st.values())
     acc = st["acceptance_rate"]
     assert ((acc >= 0) & (acc <= 1 + 1e-9)).all() and 0.6 < acc.mean() < 1.0
-    assert (st["n_steps"] <= 2 ** st["tree_depth"]).all() and (st["n_steps"] >= 1).all()
+    # Stan's convention: the doublings taken, the last one possibly cut short by a U-turn
+    depth = st["tree_depth"]
+    assert (st["n_steps"] < 2**depth).all() and (st["n_steps"] >= 2 ** (depth - 1)).all()
     assert not st["diverging"].any()
     # lp is the log joint at the draw: check it against scipy for one draw
     w = nuts.samples["w"][0, 7]
     lp = stats.norm(0, TAU).logpdf(w.numpy()).sum() + stats.norm((X @ w).numpy(), SIGMA).logpdf(y.numpy()).sum()
     assert st["lp"][0, 7].item() == pytest.approx(lp, rel=1e-8)
-    short = dict(method="nuts", num_samples=20, warmup=20, chains=1, seed=1, diagnose=False)
-    again = pyro_mle.posterior(blr, X, y, **short)
-    first = pyro_mle.posterior(blr, X, y, **short)
+    assert not st["reached_max_treedepth"].any()
+    short = dict(method="nuts", sampler=nuts.info["sampler"], num_samples=20, warmup=20, chains=2, diagnose=False)
+    again = pyro_mle.posterior(blr, X, y, seed=1, **short)
+    first = pyro_mle.posterior(blr, X, y, seed=1, **short)
+    other = pyro_mle.posterior(blr, X, y, seed=2, **short)
     assert torch.equal(again.samples["w"], first.samples["w"])
-    assert nuts.info["jit"] is True
+    assert not torch.equal(other.samples["w"], first.samples["w"])
+    # each chain has its own stream
+    assert not torch.equal(first.samples["w"][0], first.samples["w"][1])
+    assert nuts.info["jit"] is True and nuts.info["route"] == "script"
 
 
 def test_laplace_is_exact_for_the_linear_gaussian_model(data):
@@ -129,12 +147,12 @@ def test_divergences_are_reported_for_a_funnel():
     # a low target acceptance makes the steps long, so the neck is hit quickly and cheaply
     with pytest.warns(DiagnosticWarning) as record:
         post = pyro_mle.posterior(
-            eight_schools_centred, SCHOOLS_Y, num_samples=150, warmup=100, chains=1, seed=0, target_accept_prob=0.5
+            eight_schools_centred, SCHOOLS_Y, num_samples=150, warmup=100, chains=1, seed=0, target_accept=0.5
         )
     n = int(post.sample_stats["diverging"].sum())
     assert n > 0
     assert any(f"{n} of 150 transitions diverged" in str(w.message) for w in record)
-    assert any("Raise target_accept_prob" in str(w.message) for w in record)
+    assert any("Raise target_accept" in str(w.message) for w in record)
 
 
 def test_bad_arguments_are_refused(data):

@@ -1,0 +1,170 @@
+"""The NUTS engines: the checked potential, the HMC warnings, heads inside inference.
+
+References are independent of the library: a long run of the other engine (eight schools),
+the closed form of the conjugate model (``test_posterior.py``), the interpreted program (a
+trace that would be wrong), statsmodels' stackloss data.
+"""
+
+import warnings
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_mle
+from pyro_mle.diagnostics import DiagnosticWarning
+from pyro_mle.likelihoods import Normal
+from pyro_mle.potential import TraceMismatchWarning, build_potential
+
+SCHOOLS_Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0], dtype=torch.float64)
+SCHOOLS_SD = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0], dtype=torch.float64)
+
+
+def eight_schools_centred(y=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("school", 8):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, SCHOOLS_SD), obs=y)
+
+
+def eight_schools_noncentred(y=None):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)))
+    with pyro.plate("school", 8):
+        eta = pyro.sample("eta", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+        pyro.sample("y", dist.Normal(mu + tau * eta, SCHOOLS_SD), obs=y)
+
+
+def value_branch(y=None):
+    # Python control flow on a value: a trace records one branch and is silently wrong elsewhere
+    w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+    loc = 2.0 * w if float(w.detach()) > 0 else w - 5.0
+    pyro.sample("y", dist.Normal(loc, 1.0).expand([y.shape[0]]).to_event(1), obs=y)
+
+
+def test_a_wrong_trace_is_rejected_and_the_interpreted_program_is_sampled():
+    y = torch.tensor([1.0, 2.0, 1.5], dtype=torch.float64)
+    with pytest.warns(TraceMismatchWarning, match="differs from the program"):
+        traced = pyro_mle.posterior(value_branch, y, num_samples=100, warmup=100, chains=2, seed=0, diagnose=False)
+    assert traced.info["route"] == "interpreted" and traced.info["jit"] is False
+    assert "another value or gradient" in traced.info["route_reason"]
+    interpreted = pyro_mle.posterior(
+        value_branch, y, num_samples=100, warmup=100, chains=2, seed=0, diagnose=False, jit=False
+    )
+    assert torch.equal(traced.samples["w"], interpreted.samples["w"])
+    # the posterior puts w at mean(y)/2 = 0.75 (the w > 0 branch, loc = 2w), far from w - 5
+    assert abs(float(traced.samples["w"].mean()) - 0.75) < 0.2
+
+
+def test_the_potential_routes_are_checked_against_the_interpreter():
+    # HalfCauchy's exp transform makes the one-graph trace fail; make_fx captures it
+    with pyro_mle._rng.rng_scope(0):
+        pot = build_potential(eight_schools_centred, (SCHOOLS_Y,), {})
+    assert pot.route in ("script", "fx-script")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(pot.size, generator=g, dtype=pot.dtype)
+        v, grad = pot.value_and_grad(x)
+        v0, grad0 = pot.interpreted(x)
+        assert torch.allclose(v, v0, rtol=1e-10) and torch.allclose(grad, grad0, rtol=1e-9, atol=1e-12)
+    # a scale that overflows has log density -inf: +inf potential, zero gradient, no exception
+    x = torch.zeros(pot.size, dtype=pot.dtype)
+    x[1] = 1e4  # tau = exp(1e4) = inf
+    for fn in (pot.value_and_grad, pot.interpreted):
+        v, grad = fn(x)
+        assert v.item() == float("inf") and not grad.any()
+
+
+def _summary(post, names):
+    import arviz_stats as azs
+
+    dt = pyro_mle.to_datatree(post, log_likelihood=False, predictive=False)
+    return azs.summary(dt, var_names=names, round_to="none")
+
+
+def test_the_two_samplers_agree_on_eight_schools_noncentred():
+    runs = {
+        s: pyro_mle.posterior(
+            eight_schools_noncentred, SCHOOLS_Y, sampler=s, num_samples=400, warmup=300, seed=3, diagnose=False
+        )
+        for s in ("nutpie", "pyro")
+    }
+    a, b = (_summary(runs[s], ["mu", "tau"]) for s in ("nutpie", "pyro"))
+    mean_a, mean_b = a["mean"].to_numpy(float), b["mean"].to_numpy(float)
+    mcse = np.hypot(a["mcse_mean"].to_numpy(float), b["mcse_mean"].to_numpy(float))
+    assert (np.abs(mean_a - mean_b) < 4 * mcse).all(), (mean_a, mean_b, mcse)
+    sd_a, sd_b = a["sd"].to_numpy(float), b["sd"].to_numpy(float)
+    assert (np.abs(sd_a - sd_b) < 0.2 * sd_b).all(), (sd_a, sd_b)
+
+
+def test_ebfmi_and_tree_depth_warnings_fire_on_the_centred_funnel():
+    with pytest.warns(DiagnosticWarning) as record:
+        post = pyro_mle.posterior(
+            eight_schools_centred, SCHOOLS_Y, num_samples=200, warmup=200, chains=2, seed=1, max_tree_depth=4
+        )
+    text = [str(w.message) for w in record]
+    assert any("E-BFMI below 0.3 (chain" in t for t in text), text
+    hits = int(post.sample_stats["reached_max_treedepth"].sum())
+    assert hits > 0
+    assert any(f"{hits} of 400 transitions reached the maximum tree depth (4)" in t for t in text), text
+
+
+def test_the_hmc_warnings_stay_silent_on_the_conjugate_model():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.5 * torch.randn(
+        60, generator=g, dtype=torch.float64
+    )
+
+    def blr(X, y=None):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3, dtype=X.dtype), 1.0).to_event(1))
+        Normal(scale=0.5)("y", X @ w, obs=y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiagnosticWarning)
+        post = pyro_mle.posterior(blr, X, y, num_samples=300, warmup=300, chains=2, seed=0)
+    assert not post.sample_stats["reached_max_treedepth"].any()
+
+
+@pytest.fixture(scope="module")
+def stackloss():
+    sm = pytest.importorskip("statsmodels.api")
+    data = sm.datasets.stackloss.load_pandas()
+    return torch.tensor(data.exog.to_numpy(), dtype=torch.float64), torch.tensor(
+        data.endog.to_numpy(), dtype=torch.float64
+    )
+
+
+def stackloss_model(X, y=None):
+    # raw covariates, a latent scale handed to a likelihood head
+    b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=X.dtype), 100.0))
+    w = pyro.sample("w", dist.Normal(torch.zeros(3, dtype=X.dtype), 10.0).to_event(1))
+    s = pyro.sample("s", dist.HalfNormal(torch.tensor(10.0, dtype=X.dtype)))
+    with pyro.plate("rows", X.shape[0]):
+        Normal(scale=s)("y", b + X @ w, obs=y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_head_with_a_latent_scale_survives_warmup(stackloss, seed):
+    X, y = stackloss
+    # the crash came in early warm-up trajectories; a shallow tree keeps the raw-scale run short
+    post = pyro_mle.posterior(
+        stackloss_model, X, y, num_samples=20, warmup=100, chains=1, seed=seed, max_tree_depth=6, diagnose=False
+    )
+    assert torch.isfinite(post.samples["s"]).all() and (post.samples["s"] > 0).all()
+
+
+def test_an_overflowing_scale_is_a_zero_density_not_an_error(stackloss):
+    X, y = stackloss
+    with pyro_mle._rng.rng_scope(0):
+        pot = build_potential(stackloss_model, (X, y), {}, compile=False)
+    offset = {"b": 0, "w": 1, "s": 4}
+    assert [k for k, _ in pot.layout] == list(offset)
+    for log_s in (1e4, -1e4):  # s = inf; s = 0 (the head refuses both as parameters)
+        x = pot.init.clone()
+        x[offset["s"]] = log_s
+        value, grad = pot.interpreted(x)
+        assert value.item() == float("inf") and not grad.any()
