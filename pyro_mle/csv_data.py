@@ -61,15 +61,49 @@ def read_csv(
             f"Choose columns with --x and --y.{one_column}"
         )
     positions = [header.index(c) for c in wanted]  # the first of duplicated names, as a reader by eye would
+    table = _parse_clean(path, sep, len(header), positions)
+    if table is not None:
+        return _split(torch.from_numpy(table).to(dtype), len(x_columns))
     table = _parse(path, sep, len(header), positions)
     suspect = ~np.isfinite(table)
     if suspect.any():  # rare: read those rows again as text to drop the blank ones or name the bad cell
         table = table[_check_rows(path, sep, wanted, positions, table, suspect)]
     if not len(table):
         raise ValueError(f"data file {str(path)!r} has a header but no data rows.")
-    values = torch.from_numpy(table).to(dtype)
-    x, y = values[:, : len(x_columns)], values[:, len(x_columns) :]
+    return _split(torch.from_numpy(table).to(dtype), len(x_columns))
+
+
+def _split(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = values[:, :k], values[:, k:]
     return (x[:, 0] if x.shape[1] == 1 else x), (y[:, 0] if y.shape[1] == 1 else y)
+
+
+def _parse_clean(path: Path, sep: str, width: int, positions: list[int]) -> np.ndarray | None:
+    """The wanted columns of a clean file (every wanted cell a finite number) through pandas'
+    pyarrow engine, or ``None`` for any other file. Arrow parses each decimal to the float64
+    Python's ``float()`` gives (pandas' C parser is one ulp off for about a third of random
+    17-digit values unless asked for ``float_precision="round_trip"``, which is 4x slower) and
+    is 1.7x faster than the C parser on 10⁶ x 3 rows. Blank lines are skipped, which is what a
+    clean file's reader wants; a file with any fault goes to the C parser's path, which keeps
+    line numbers for the messages."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = pd.read_csv(path, sep=sep, engine="pyarrow", encoding=_ENCODING)
+    except Exception:  # noqa: BLE001 - pyarrow missing, a malformed record, anything: the careful path decides
+        return None
+    if frame.shape[1] != width or not len(frame):
+        return None
+    columns = []
+    for p in positions:
+        column = frame.iloc[:, p]
+        if column.dtype.kind not in "fi":
+            return None
+        values = column.to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            return None
+        columns.append(values)
+    return np.column_stack(columns) if columns else None
 
 
 def read_header(path: Path, wanted: Sequence[str] = ()) -> tuple[list[str], str]:
@@ -150,7 +184,15 @@ def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
             # records longer than the header: their extra cells are ignored, as documented
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            return pd.read_csv(path, sep=sep, index_col=False, encoding=_ENCODING, skip_blank_lines=False, **kwargs)
+            return pd.read_csv(
+                path,
+                sep=sep,
+                index_col=False,
+                encoding=_ENCODING,
+                skip_blank_lines=False,
+                float_precision="round_trip",  # the double Python reads, not one ulp off
+                **kwargs,
+            )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except UnicodeDecodeError:
