@@ -3,8 +3,9 @@ fit beside the PIT histograms and interval coverage of new data (issue 13).
 
 A model whose noise grows with x but whose scale is held constant gives bands too wide on the
 left and too narrow on the right: its overall coverage looks right, but its PIT histogram is
-far from flat (humped: most points sit where its bands are too wide); predicting the scale (``Normal(links={"scale": "exp"})``) makes the PIT
-values uniform. CRPS (lower is better) and coverage of the 90 % interval are in the legend.
+far from flat (humped: most points sit where its bands are too wide); predicting the scale
+(``Normal(links={"scale": "exp"})``) makes the PIT values uniform.
+CRPS (lower is better) and coverage of the 90 % interval are in the legend.
 
     python examples/predictive_calibration.py --n 1000 --out out/examples
 """

@@ -1,8 +1,8 @@
 """Ordinal ratings: a cumulative logit (proportional odds) model of product ratings.
 
 Likelihood: OrderedLogistic(num_classes=5, cutpoints=c) →
-cumulative logit (proportional odds) NLL: P(rating ≤ k) = sigmoid(c_k − x·w) with four increasing cut points c, statsmodels'
-``OrderedModel(distr="logit")``.
+cumulative logit (proportional odds) NLL: P(rating ≤ k) = sigmoid(c_k − x·w) with four
+increasing cut points c, statsmodels' ``OrderedModel(distr="logit")``.
 
 Data: simulated star ratings (1–5 stars, coded 0..4) of a product against its standardised
 price and build quality: a latent satisfaction −0.8·price + 1.2·quality plus standard

@@ -202,7 +202,6 @@ class TestVonMisesAtan2(LikelihoodTestCase):
         return stats.vonmises(softplus(f[:, 2]), loc=np.arctan2(f[:, 0], f[:, 1])).logpdf(y)
 
 
-
 class TestVonMisesTanHalf(LikelihoodTestCase):
     def make_likelihood(self):
         return L.VonMises(concentration=2.0, links={"loc": "tan_half"})

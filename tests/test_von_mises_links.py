@@ -106,3 +106,21 @@ def test_bad_links_are_named():
         L.Normal(links={"scale": 3})
     with pytest.raises(ValueError, match=r"link 'cholesky' for 'scale' acts on vectors"):
         L.Normal(links={"scale": "cholesky"})
+
+
+def test_new_links_invert_and_land_in_their_codomain():
+    f = torch.linspace(-3, 3, 7, dtype=F64)
+    theta = L.links.angle(f)
+    np.testing.assert_allclose(L.links.angle.inverse(theta).numpy(), theta.numpy(), atol=1e-12)
+    np.testing.assert_allclose(np.cos(theta.numpy()), np.cos(f.numpy()), atol=1e-12)  # the same angle
+    two = torch.stack([torch.sin(f), 2 * torch.cos(f)], -1)
+    np.testing.assert_allclose(
+        L.links.atan2.inverse(L.links.atan2(L.links.atan2.inverse(f))).numpy(),
+        L.links.atan2.inverse(f).numpy(),
+        atol=1e-12,
+    )
+    assert bool(L.links.atan2.codomain.check(L.links.atan2(two)).all())
+    raw = torch.randn(5, 4, dtype=F64)
+    c = L.links.ordered(raw)
+    assert bool((c.diff(dim=-1) > 0).all())
+    np.testing.assert_allclose(L.links.ordered.inverse(c).numpy(), raw.numpy(), atol=1e-12)

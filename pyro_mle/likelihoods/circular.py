@@ -89,7 +89,7 @@ class VonMises(_Angles, Likelihood, name="von_mises"):
         Param("concentration", links.softplus, doc="concentration κ > 0"),
     )
 
-    examples = ({"concentration": 4.0}, {})
+    examples = ({"concentration": 4.0}, {}, {"concentration": 4.0, "links": {"loc": "atan2"}})
 
     @property
     def loss_name(self) -> str:

@@ -55,7 +55,7 @@ class Normal(Likelihood, name="normal"):
         Param("scale", links.softplus, doc="standard deviation > 0"),
     )
 
-    examples = ({"scale": 0.3}, {})
+    examples = ({"scale": 0.3}, {}, {"links": {"scale": "exp"}})
 
     @property
     def loss_name(self) -> str:
