@@ -56,6 +56,8 @@ _LR = {"lbfgs": 1.0, "adam": 0.01}
 #: trace cost a few evaluations and tens of milliseconds, and save a Python run of the
 #: program at every step after that.
 _JIT_MIN_STEPS = 200
+#: argument elements below which a second fit of the same program traces it (see _use_trace)
+_TRACE_REPAYS_BELOW = 1_000_000
 
 
 def fit(
@@ -163,8 +165,9 @@ def fit(
     reproduces the interpreted loss and gradient; it is checked again at the estimate, and a
     program whose Python decisions depend on parameter values is fitted again, interpreted.
     By default a trace is made for Adam runs of at least 200 steps, and for the second fit of
-    the same program with arguments of the same shapes (refits, cross-validation folds,
-    bootstraps, :func:`~pyro_mle.compare`): traces are kept in
+    the same program with arguments of the same shapes and fewer than 10⁶ elements (refits,
+    cross-validation folds, bootstraps, :func:`~pyro_mle.compare`; above that the checks of a
+    reused trace cost more than it saves): traces are kept in
     :data:`~pyro_mle.compile.TRACE_CACHE` (32 at most, :func:`~pyro_mle.clear_trace_cache`)
     and reused, after a check at the start, on new data of the same shapes. A trace the fit
     chooses by itself must reproduce the program bit for bit, so the same call gives the same
@@ -261,7 +264,8 @@ def _fit(
     init = init_loc_fn or init_to_centre
 
     with rng_scope(stream), pyro.get_param_store().scope(), contextlib.ExitStack() as stack:
-        stack.enter_context(threads_for(*work_elements(args, kwargs)))
+        elements, on_cuda = work_elements(args, kwargs)
+        stack.enter_context(threads_for(elements, on_cuda))
         structure = _inspect(model, args, kwargs, init)
         if structure.subsample:  # each step reads only its minibatch
             fraction = min(b / n for n, b, *_ in structure.subsample.values())
@@ -304,7 +308,7 @@ def _fit(
             rtol=default_rtol if rtol is None else float(rtol),
             gtol=default_gtol if gtol is None else float(gtol),
             num_data=num_data,
-            jit=_use_trace(jit, optimizer, num_steps, cache),
+            jit=_use_trace(jit, optimizer, num_steps, cache, elements),
         )
         bar = progress_bar(num_steps, f"{method.upper()} ({optimizer})", progress)
 
@@ -378,15 +382,19 @@ def _cache_entry(model: Callable, method: str, args: tuple, kwargs: dict, obj: P
     return None if key is None else (key, model, data)
 
 
-def _use_trace(jit: bool | None, optimizer: str, num_steps: int, cache: tuple | None) -> bool:
+def _use_trace(jit: bool | None, optimizer: str, num_steps: int, cache: tuple | None, elements: int) -> bool:
     """Whether the fit runs on a traced objective: as asked, or by default for a long Adam run
     (the trace pays within it) and for a program met before with arguments of the same shapes
-    (the trace is cached, see :class:`~pyro_mle.compile.TraceCache`)."""
+    (the trace is cached, see :class:`~pyro_mle.compile.TraceCache`) whose evaluations are
+    small enough that Pyro's effect handlers are a good part of their cost: a reused trace is
+    checked against the program at the start and the end, two evaluations that a dozen
+    faster ones repay below about 10⁶ elements and not above (least squares on 10⁵ x 20 rows:
+    70 ms a repeated fit with the trace, 60 without)."""
     if jit is not None:
         return bool(jit)
     if optimizer == "adam" and num_steps >= _JIT_MIN_STEPS:
         return True
-    return cache is not None and compiling.TRACE_CACHE.seen(cache[0], cache[1])
+    return cache is not None and elements < _TRACE_REPAYS_BELOW and compiling.TRACE_CACHE.seen(cache[0], cache[1])
 
 
 def _choice(what: str, value: object, valid: tuple[str, ...], caller: str = "fit") -> str:
