@@ -12,7 +12,10 @@ median-regression intercept stopped at 0.0007 against 81.48). Two kinds of site 
 (:func:`nonsmooth_sites`):
 
 * **observed** Laplace sites (a :class:`~pyro_mle.likelihoods.Laplace` head): :math:`r = y -
-  \mu(\theta)`; with a linear :math:`\mu` this is median regression;
+  \mu(\theta)`; with a linear :math:`\mu` this is median regression; and observed asymmetric
+  Laplace sites (:class:`~pyro_mle.likelihoods.AsymmetricLaplace`, the pinball loss), whose
+  :math:`-\log p = c|r| + d\,r + \log Z` (:func:`_slopes`) keeps its kink in :math:`c|r|` and
+  puts the linear :math:`d\,r` in the smooth part: quantile regression;
 * under ``method="map"``, **latent** sites with a Laplace prior: :math:`r = w - \mu`; with a
   Normal likelihood of fixed scale :math:`\sigma` this is the lasso,
   :math:`\sum_i r_i^2 / 2\sigma^2 + \sum_j |w_j| / b` (scikit-learn's ``Lasso`` with
@@ -157,11 +160,23 @@ class NonsmoothResult:
 
 
 # ----------------------------------------------------------------------------- sites
-def _laplace_base(fn: object) -> torch.distributions.Laplace | None:
-    """The Laplace under ``.to_event``, ``.expand`` and ``.mask`` wrappers, or ``None``."""
+def _laplace_base(fn: object) -> TorchDistribution | None:
+    """The Laplace (or Pyro's asymmetric Laplace: the pinball loss of quantile regression) under
+    ``.to_event``, ``.expand`` and ``.mask`` wrappers, or ``None``."""
     while isinstance(fn, (torch.distributions.Independent, ExpandedDistribution, MaskedDistribution)):
         fn = fn.base_dist
-    return fn if isinstance(fn, torch.distributions.Laplace) else None
+    return fn if isinstance(fn, (torch.distributions.Laplace, dist.AsymmetricLaplace)) else None
+
+
+def _slopes(base: TorchDistribution) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""A Laplace term as :math:`c|r| + d\,r + \log Z`: for the asymmetric Laplace with left and
+    right scales :math:`L, R`, :math:`-\log p = |r|(1/L + 1/R)/2 + r(1/R - 1/L)/2 + \log(L + R)`,
+    so only the :math:`|r|` part has a kink and the linear part is smooth; for the Laplace
+    :math:`c = 1/b`, :math:`d = 0`, :math:`Z = 2b`."""
+    if isinstance(base, dist.AsymmetricLaplace):
+        left, right = base.left_scale, base.right_scale
+        return 0.5 * (1 / left + 1 / right), 0.5 * (1 / right - 1 / left), torch.log(left + right)
+    return 1 / base.scale, torch.zeros_like(base.scale), torch.log(2 * base.scale)
 
 
 def _one_scale(scale: torch.Tensor) -> bool:
@@ -192,6 +207,8 @@ def nonsmooth_sites(obj: PointObjective) -> dict[str, str]:
         base = _laplace_base(site["fn"])
         if base is None or not _one_scale(base.scale):
             continue
+        if isinstance(base, dist.AsymmetricLaplace) and not _one_scale(base.asymmetry):
+            continue
         if site["is_observed"]:
             found[name] = OBSERVED
         elif obj.method == "map":
@@ -202,18 +219,21 @@ def nonsmooth_sites(obj: PointObjective) -> dict[str, str]:
 # ----------------------------------------------------------------------------- handlers
 class _Surrogate(TorchDistribution):
     r"""A Laplace whose :math:`|r|` is replaced by ``penalty(r)``:
-    :math:`\log q(v) = -\mathrm{penalty}(v - \mu)/b - \log 2b`. The :math:`\log 2b` is kept, so a
-    latent scale sees the same objective; batch and event shape are the Laplace's."""
+    :math:`\log q(v) = -c\,\mathrm{penalty}(r) - d\,r - \log Z` with :math:`r = v - \mu` and
+    :math:`c, d, Z` from :func:`_slopes` (:math:`1/b, 0, 2b` for a Laplace). The normaliser is
+    kept, so a latent scale sees the same objective; batch and event shape are the Laplace's."""
 
     arg_constraints: dict = {}
     support = constraints.real
 
-    def __init__(self, laplace: torch.distributions.Laplace, penalty: Callable[[torch.Tensor], torch.Tensor]):
-        self.loc, self.scale, self.penalty = laplace.loc, laplace.scale, penalty
+    def __init__(self, laplace: TorchDistribution, penalty: Callable[[torch.Tensor], torch.Tensor]):
+        self.loc, self.penalty = laplace.loc, penalty
+        self.slope, self.tilt, self.log_normaliser = _slopes(laplace)
         super().__init__(laplace.batch_shape, laplace.event_shape, validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return -self.penalty(value - self.loc) / self.scale - torch.log(2 * self.scale)
+        r = value - self.loc
+        return -self.penalty(r) * self.slope - self.tilt * r - self.log_normaliser
 
 
 def _rewrap(fn: object, base: TorchDistribution) -> TorchDistribution:
@@ -254,7 +274,7 @@ class _Penalise(Messenger):
         base = _laplace_base(msg["fn"])
         if base is not None:
             name = msg["name"]
-            self.scales[name] = float(base.scale.detach().mean())
+            self.scales[name] = float((1 / _slopes(base)[0]).detach().mean())  # b for a Laplace
             msg["fn"] = _rewrap(msg["fn"], _Surrogate(base, lambda r: self._penalty(name, r)))
 
     def _penalty(self, name: str, r: torch.Tensor) -> torch.Tensor:

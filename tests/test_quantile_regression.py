@@ -68,11 +68,6 @@ def test_the_quantile_regression_is_the_minimiser_of_the_head_nll(q):
             assert head_nll(q, beta + eps * d, x, y) >= best - 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyro_mle.nonsmooth handles observed Laplace sites only; the asymmetric Laplace needs the "
-    "linear term (q − 1/2)·r/σ kept in the smooth part (see the issue-13 report)",
-)
 @pytest.mark.parametrize("q", QUANTILES)
 def test_fit_equals_quantile_regression(q):
     x, y = engel()
