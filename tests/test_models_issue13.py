@@ -1,6 +1,7 @@
 """The issue-13 model files against independent implementations, on their default data in
 float64: censored survival = lifelines ``WeibullAFTFitter``, zero-inflated counts = statsmodels
-``ZeroInflatedPoisson``, ordinal ratings = statsmodels ``OrderedModel`` (logit). The generic
+``ZeroInflatedPoisson``, ordinal ratings = statsmodels ``OrderedModel`` (logit), quantile
+regression = statsmodels ``QuantReg`` (q = 0.9). The generic
 model-file suite (tests/test_models.py) runs over them too."""
 
 import importlib.util
@@ -71,3 +72,13 @@ def test_ordinal_ratings_model_equals_statsmodels():
         fit.params["c"].numpy(), ref.model.transform_threshold_params(ref.params)[1:-1], atol=1e-5
     )
     assert fit.nll == pytest.approx(-ref.llf, rel=1e-9)
+
+
+def test_quantile_regression_model_equals_statsmodels_quantreg():
+    fit, x, y = fit_model("quantile_regression")
+    assert fit.converged, fit.message
+    with warnings.catch_warnings():  # QuantReg's IRLS may warn of cycles
+        warnings.simplefilter("ignore")
+        reference = sm.QuantReg(y, sm.add_constant(x)).fit(q=0.9, max_iter=5000, p_tol=1e-10).params
+    got = [fit.params["intercept"].item(), fit.params["slope"].item()]
+    np.testing.assert_allclose(got, reference, rtol=1e-5)
