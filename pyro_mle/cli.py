@@ -148,15 +148,31 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             mf.model, x, y, method=args.method, optimizer=args.optimizer, seed=args.seed, progress=args.progress
         )
     except FitInterrupted as e:  # Ctrl-C: keep what the fit reached, report it, exit as a shell does
-        _report_fit(args, mf, len(x), e.fit)
+        _report_fit(args, mf, x, y, e.fit)
         print(f"pyro-mle: {e.fit.message}", file=sys.stderr)
         return 130
-    _report_fit(args, mf, len(x), result)
+    _report_fit(args, mf, x, y, result)
     return 0
 
 
-def _report_fit(args: argparse.Namespace, mf, rows: int, result) -> None:
+def _in_sample_scores(result, x, y, seed: int) -> list:
+    """Scores of the fitted predictive distribution on the rows it was fitted to
+    (:mod:`pyro_mle.scores`), for the observed site whose values are ``y``; none where the
+    model's sites do not line up with ``y`` (several observed sites, a model that predicts
+    other shapes)."""
+    from .scores import score
+
+    try:
+        pred = result.predict(x, num_samples=200, seed=seed)
+        return [score(pred, y, site) for site in pred.draws if tuple(pred.draws[site].shape[1:]) == tuple(y.shape)]
+    except (ValueError, RuntimeError, KeyError, NotImplementedError):
+        return []
+
+
+def _report_fit(args: argparse.Namespace, mf, x, y, result) -> None:
     """Write the fit to ``--out`` (first: the files must not depend on stdout), then print it."""
+    rows = len(x)
+    scores = _in_sample_scores(result, x, y, args.seed)
     out = _out_dir(args)
     if out is not None:
         result.save(out / f"{mf.name}_{args.method}.pt")
@@ -168,6 +184,10 @@ def _report_fit(args: argparse.Namespace, mf, rows: int, result) -> None:
             "num_steps": result.num_steps,
             "message": result.message,
             "params": {k: v.detach().tolist() for k, v in result.params.items()},
+            "scores": {
+                sc.site: {"crps": sc.crps, "log_score": sc.log_score, f"coverage_{sc.prob:g}": sc.coverage}
+                for sc in scores
+            },
         }
         (out / f"{mf.name}_{args.method}.json").write_text(json.dumps(summary, indent=2))
     print(f"{mf.name}: {args.method.upper()} fit of {rows} rows ({mf.loss or mf.likelihood or 'NLL'})")
@@ -177,6 +197,11 @@ def _report_fit(args: argparse.Namespace, mf, rows: int, result) -> None:
         flat = value.detach().reshape(-1)
         shown = ", ".join(f"{v:.4g}" for v in flat[:8].tolist()) + (", ..." if flat.numel() > 8 else "")
         print(f"  {name} {tuple(value.shape)}: [{shown}]")
+    for sc in scores:  # in-sample: how well the fitted distribution describes the rows it saw
+        print(
+            f"  scores of {sc.site!r} on these rows: CRPS {sc.crps:.4g}, log score {sc.log_score:.4g}, "
+            f"{sc.prob:.0%} interval coverage {sc.coverage:.3f}"
+        )
     if out is not None:
         print(f"wrote {out / (mf.name + '_' + args.method + '.pt')} and .json")
 

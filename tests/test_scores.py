@@ -131,3 +131,18 @@ def test_a_poisson_head_scores_through_fit_predict():
         sr.crps_ensemble(y.numpy(), pred.draws["y"].numpy(), m_axis=0, estimator="nrg"),
         rtol=1e-10,
     )
+
+
+def test_pyro_mle_fit_prints_and_writes_in_sample_scores(tmp_path, capsys):
+    """The CLI's fit output carries the scores of the fitted predictive distribution."""
+    import json
+
+    from pyro_mle import cli
+
+    assert cli.main(["fit", "linear_regression", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "scores of 'y' on these rows: CRPS" in out and "90% interval coverage" in out
+    summary = json.loads((tmp_path / "linear_regression_mle.json").read_text())
+    scores = summary["scores"]["y"]
+    assert scores["crps"] > 0 and 0.0 <= scores["coverage_0.9"] <= 1.0
+    assert scores["log_score"] == pytest.approx(summary["nll"] / 200, rel=1e-6)  # mean −log p at the MLE
