@@ -97,14 +97,23 @@ class Posterior:
         """Samples with chain and draw merged into one leading dimension."""
         return {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.samples.items()}
 
-    def predict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    def predict(self, *args: Any, datatree: bool = False, **kwargs: Any) -> dict[str, torch.Tensor] | Any:
         """One posterior predictive draw of every observed site per posterior draw.
 
         With no arguments the program runs on the data it was fitted to; pass new inputs
-        as the program's own arguments. Returns site → ``(chain, draw, *value shape)``.
+        as the program's own arguments. Returns site → ``(chain, draw, *value shape)``; with
+        ``datatree=True``, an ArviZ DataTree with ``predictions`` and
+        ``predictions_constant_data`` groups (dims from plates), as
+        ``to_datatree(post, predictions=args)`` builds it.
         """
         if not args and not kwargs:
             args, kwargs = self.args, self.kwargs
+        if datatree:
+            from .datatree import to_datatree  # datatree imports this module
+
+            return to_datatree(
+                self, predictions=tuple(args), pred_kwargs=kwargs, predictive=False, log_likelihood=False
+            )
         draws, _ = _replay.predictive_draws(self.model, self.flat_samples(), args, kwargs)
         c, d = self.num_chains, self.num_draws
         return {k: v.reshape((c, d) + v.shape[1:]) for k, v in draws.items()}

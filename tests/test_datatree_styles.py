@@ -5,6 +5,7 @@ and against scipy.
 NumPyro (with JAX) is a test-only reference: the draws of a short NumPyro run are replayed
 through the Pyro program, so both trees describe the same posterior draws."""
 
+import math
 import warnings
 
 import numpy as np
@@ -292,3 +293,24 @@ def test_predictions_accept_keywords_and_pred_dims(regression_tree):
     assert dt["predictions"]["y"].dims == ("chain", "draw", "school")
     with pytest.raises(TypeError, match=r"predictions=\(x_new,\)"):
         pyro_mle.to_datatree(post, predictions=[X_new])
+
+
+def test_posterior_predict_can_return_a_datatree():
+    """Posterior.predict(x_new, datatree=True): the predictions groups, dims from the plate, and
+    draws that are the likelihood at each posterior draw (y = w·x + N(0, 0.3²) at x = 1)."""
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    y = 2 * x + 0.3 * torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def model(x, y=None):
+        w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+        with pyro.plate("row", len(x)):
+            pyro.sample("y", dist.Normal(w * x, 0.3), obs=y)
+
+    post = pyro_mle.posterior(model, x, y, method="laplace", num_samples=400, progress=False)
+    tree = post.predict(torch.tensor([0.0, 1.0], dtype=torch.float64), datatree=True)
+    assert {"predictions", "predictions_constant_data"} <= set(tree.children)
+    draws = tree["predictions"]["y"]
+    assert draws.dims == ("chain", "draw", "row") and draws.sizes["row"] == 2
+    w = post.samples["w"].reshape(-1)
+    spread = math.sqrt(float(w.var()) + 0.3**2) / math.sqrt(w.numel())
+    assert abs(float(draws.sel(row=1).mean()) - float(w.mean())) < 5 * spread
