@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,7 +336,11 @@ def _flat_potential(potential_fn, layout):
             size = math.prod(shape)
             params[name] = theta[offset : offset + size].reshape(shape)
             offset += size
-        return potential_fn(params)
+        with warnings.catch_warnings():
+            # a trial point of the mode search where a log-density is NaN is a step too long,
+            # handled by the optimiser; Pyro's warning about it would only be noise
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+            return potential_fn(params)
 
     return f
 
@@ -345,7 +350,7 @@ def _run_laplace(model, args, kwargs, num_samples, chains, seed):
     init, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
     layout = [(k, tuple(v.shape)) for k, v in init.items()]
     f = _flat_potential(potential_fn, layout)
-    mode = _find_mode(f, torch.cat([v.detach().reshape(-1) for v in init.values()]))
+    mode = _find_mode(f, torch.cat([v.detach().reshape(-1) for v in init.values()]), layout)
     hess = torch.autograd.functional.hessian(f, mode)
     hess = 0.5 * (hess + hess.T)
     try:
@@ -364,7 +369,20 @@ def _run_laplace(model, args, kwargs, num_samples, chains, seed):
     return samples, stats, info
 
 
-def _find_mode(f: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor) -> torch.Tensor:
+def _running_off(x: torch.Tensor, layout: list, beyond: float = 5.0) -> list[str]:
+    """The latent sites with an unconstrained value beyond ``±beyond`` (a scale below e⁻⁵ of
+    its unit): where a posterior without a mode sends its iterates."""
+    names, offset = [], 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        segment = x[offset : offset + size]
+        if size and bool((segment.abs() > beyond).any()):
+            names.append(name)
+        offset += size
+    return names
+
+
+def _find_mode(f: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, layout: list = ()) -> torch.Tensor:
     """The mode of the unconstrained posterior density: the same optimisers as ``fit`` (L-BFGS,
     then Newton steps on the exact Hessian), judged by the same rule; a posterior without a mode
     (a centred hierarchy, whose density is unbounded as its scale goes to 0) is refused by name."""
@@ -405,7 +423,9 @@ def _find_mode(f: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor) -
         min_steps=1,
     )
     if not result.converged:
-        raise ValueError(_NO_MODE.format(detail=result.message))
+        off = _running_off(result.x.detach(), list(layout)) or _running_off(theta.detach(), list(layout))
+        where = f"; running off in the unconstrained space: {', '.join(map(repr, off))}" if off else ""
+        raise ValueError(_NO_MODE.format(detail=result.message.rstrip(".") + where))
     return result.x
 
 

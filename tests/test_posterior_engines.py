@@ -168,3 +168,10 @@ def test_an_overflowing_scale_is_a_zero_density_not_an_error(stackloss):
         x[offset["s"]] = log_s
         value, grad = pot.interpreted(x)
         assert value.item() == float("inf") and not grad.any()
+
+
+def test_laplace_on_the_centred_funnel_names_the_site_without_a_mode():
+    """The centred eight schools' density grows without bound as tau → 0: no mode, no Laplace
+    approximation. The error says so and names tau, instead of a raw validation error."""
+    with pytest.raises(ValueError, match=r"no mode of the posterior density.*running off.*'tau'"):
+        pyro_mle.posterior(eight_schools_centred, SCHOOLS_Y, method="laplace", progress=False)
