@@ -49,21 +49,20 @@ def lbfgs(
     :param on_step: called with the loss at the start and after every update.
     """
     cache: dict[str, Any] = {}
-    rejected = evaluations = 0
+    rejected = 0
     probing = False  # inside torch's line search, where every fresh evaluation is a trial point
 
     def closure() -> torch.Tensor:
         # torch's L-BFGS evaluates its closure at the start of every step, at the point its
         # previous line search has just evaluated; remembering that evaluation halves the
         # cost of a step. The cache is keyed on the parameter values themselves.
-        nonlocal rejected, evaluations
+        nonlocal rejected
         x = flat(params)
         if "x" in cache and torch.equal(x, cache["x"]):
             for p, g in zip(params, cache["grads"]):
                 p.grad = g
             return cache["loss"]
         loss = evaluate(probing)
-        evaluations += 1
         if loss is None:
             # A non-finite loss at a trial point means the trial step went too far (past a
             # scale's zero, into exp overflow), not that the fit diverged. torch's strong-Wolfe
@@ -98,7 +97,7 @@ def lbfgs(
     steps, fresh, rel = 0, True, math.inf
 
     def result(converged: bool, stalled: bool, message: str) -> OptimResult:
-        return OptimResult(converged, steps, grad_norm, stalled, rejected, message, evaluations)
+        return OptimResult(converged, steps, grad_norm, stalled, rejected, message)
 
     while steps < num_steps:
         before = cache["x"]

@@ -18,7 +18,6 @@ class OptimResult:
         that fails, Newton steps that stop decreasing): by itself never a proof of an optimum.
       * ``rejected``: trial points whose loss was not finite (treated as too long a step).
       * ``message``: why it stopped, in words.
-      * ``evaluations``: fresh evaluations of the objective (line-search trial points included).
     """
 
     converged: bool
@@ -27,4 +26,3 @@ class OptimResult:
     stalled: bool
     rejected: int
     message: str
-    evaluations: int = 0
