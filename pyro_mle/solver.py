@@ -25,6 +25,8 @@ from .evaluation import Collective, Evaluator, TraceMismatch
 from .objective import PointObjective
 from .optim.adam import adam
 from .optim.lbfgs import lbfgs
+from .optim.lbfgsb import applies as lbfgsb_applies
+from .optim.lbfgsb import lbfgsb
 from .optim.newton import newton
 from .optim.result import OptimResult
 from .optim.stopping import default_tolerances, relative_gradient
@@ -199,8 +201,16 @@ class Solver:
             if self._finishes():
                 rtol_near, gtol_near = _NEAR_CERTAIN if self._classification() else _NEAR
                 rtol, gtol = max(s.rtol, rtol_near), max(s.gtol, gtol_near)
+            evaluate = lambda probe: self.ev.evaluate(len(self.ev.losses), probe)  # noqa: E731
+            if self.collective is None and lbfgsb_applies(self.obj.params):
+                # scipy's compiled driver: torch's Python L-BFGS cost as much as a small fit's
+                # evaluations (issue 14)
+                return lbfgsb(
+                    evaluate, self.obj.params, num_steps=num_steps, rtol=rtol, gtol=gtol,
+                    num_data=s.num_data, on_step=self._on_step,
+                )  # fmt: skip
             return lbfgs(
-                lambda probe: self.ev.evaluate(len(self.ev.losses), probe),
+                evaluate,
                 self.obj.params,
                 num_steps=num_steps,
                 lr=lr,

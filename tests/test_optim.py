@@ -13,7 +13,8 @@ import torch
 from scipy.optimize import minimize, rosen, rosen_der
 
 from pyro_mle.optim.adam import adam
-from pyro_mle.optim.lbfgs import lbfgs
+from pyro_mle.optim.lbfgs import lbfgs as torch_lbfgs
+from pyro_mle.optim.lbfgsb import lbfgsb
 from pyro_mle.optim.stopping import default_tolerances, relative_gradient
 
 F64 = torch.float64
@@ -46,8 +47,19 @@ def rosenbrock(x):
 
 
 # ----------------------------------------------------------------------------- L-BFGS
+def scipy_lbfgs(evaluate, params, *, lr, **kwargs):
+    """:func:`lbfgsb` (scipy's L-BFGS-B, which scales its first step itself) called as
+    :func:`torch_lbfgs`."""
+    return lbfgsb(evaluate, params, **kwargs)
+
+
+#: both L-BFGS drivers keep one contract (fit uses scipy's for float64 CPU parameters)
+DRIVERS = pytest.mark.parametrize("lbfgs", [torch_lbfgs, scipy_lbfgs], ids=["torch", "scipy"])
+
+
+@DRIVERS
 @pytest.mark.parametrize("dim", [2, 10])
-def test_lbfgs_rosenbrock_matches_scipy_and_the_optimum(dim):
+def test_lbfgs_rosenbrock_matches_scipy_and_the_optimum(dim, lbfgs):
     x0 = np.tile([-1.2, 1.0], dim // 2)  # the standard start (extended Rosenbrock for dim > 2)
     x = torch.tensor(x0, dtype=F64, requires_grad=True)
     result = lbfgs(closure(rosenbrock, [x]), [x], num_steps=1000, lr=1.0, rtol=1e-15, gtol=1e-10)
@@ -60,7 +72,8 @@ def test_lbfgs_rosenbrock_matches_scipy_and_the_optimum(dim):
     np.testing.assert_allclose(x.detach().numpy(), np.ones(dim), atol=1e-6, rtol=0)
 
 
-def test_lbfgs_ill_conditioned_quadratic_matches_solve():
+@DRIVERS
+def test_lbfgs_ill_conditioned_quadratic_matches_solve(lbfgs):
     rng = np.random.default_rng(0)
     n = 8
     rotation, _ = np.linalg.qr(rng.normal(size=(n, n)))
@@ -87,7 +100,8 @@ def test_lbfgs_ill_conditioned_quadratic_matches_solve():
     np.testing.assert_allclose(x.detach().numpy(), np.linalg.solve(A, b), atol=1e-6, rtol=0)
 
 
-def test_lbfgs_out_of_steps_is_not_converged():
+@DRIVERS
+def test_lbfgs_out_of_steps_is_not_converged(lbfgs):
     x = torch.tensor([-1.2, 1.0], dtype=F64, requires_grad=True)
     result = lbfgs(closure(rosenbrock, [x]), [x], num_steps=2, lr=1.0, rtol=1e-10, gtol=1e-7)
 
@@ -97,7 +111,8 @@ def test_lbfgs_out_of_steps_is_not_converged():
     assert "not converged" in result.message
 
 
-def test_lbfgs_backs_off_a_non_finite_trial_point():
+@DRIVERS
+def test_lbfgs_backs_off_a_non_finite_trial_point(lbfgs):
     # f(x) = Σ 10 x_i − log x_i, minimised at x_i = 0.1; log of a negative coordinate is NaN, so a
     # line-search step from x = 3 that overshoots past 0 meets a NaN loss and must be shortened.
     seen = []
@@ -116,6 +131,22 @@ def test_lbfgs_backs_off_a_non_finite_trial_point():
     assert any(math.isnan(v) for v in seen)
     assert result.converged, result.message
     np.testing.assert_allclose(x.detach().numpy(), [0.1, 0.1], atol=1e-9, rtol=0)
+
+
+@DRIVERS
+def test_lbfgs_stalls_on_a_kink_and_says_so(lbfgs):
+    # |x − π/3| + (x − π/3)/2: the line search brackets the kink and finds no lower loss, while
+    # the gradient (−0.5 left of it, 1.5 right of it and 0.5 at it in torch) never passes the
+    # test: a stall, not a convergence
+    x = torch.tensor([3.3], dtype=F64, requires_grad=True)
+    kink = math.pi / 3
+    result = lbfgs(closure(lambda v: ((v - kink).abs() + 0.5 * (v - kink)).sum(), [x]), [x], num_steps=500, lr=1.0, rtol=1e-15, gtol=1e-10)
+
+    assert not result.converged, result.message
+    assert result.stalled
+    assert result.num_steps < 500
+    assert "stalled" in result.message
+    assert abs(float(x.detach()) - kink) < 1e-3
 
 
 @pytest.mark.parametrize(
