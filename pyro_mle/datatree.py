@@ -39,7 +39,7 @@ from arviz_base import from_dict
 from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
-from . import _replay
+from . import _replay, _stacking
 from ._groups import _constant_data, _np, _site_dims, predictions_groups, prior_groups
 from ._rng import rng_scope
 from .diagnostics import warn
@@ -59,6 +59,8 @@ def to_datatree(
     predictions: tuple | Mapping[str, Any] | None = None,
     pred_kwargs: Mapping[str, Any] | None = None,
     pred_dims: Mapping[str, Sequence[str]] | None = None,
+    stack: bool | Mapping[str, str] | None = None,
+    infer_discrete: bool = False,
 ) -> xr.DataTree:
     """Convert ``result`` to an ArviZ 1.x DataTree.
 
@@ -84,6 +86,13 @@ def to_datatree(
         ``predictions_constant_data`` (the tensor inputs), dims from the plates of a run on
         the new inputs.
     :param pred_dims: variable name → dims of the predictions groups, overriding the plates.
+    :param stack: stack the sites of one sequential loop (``pyro.markov``) into one variable
+        with a step dim ``{var}_dim_0``: ``{"y": r"y_\\d+"}`` (variable → regular expression
+        matching whole site names) or ``True`` (every ``name_<int>`` family), in every group.
+    :param infer_discrete: add to ``posterior`` one draw per posterior draw of each discrete
+        latent site that NUTS summed out, from its conditional posterior
+        (:func:`pyro.infer.infer_discrete`). Their log-likelihood is the marginal one either way,
+        and they are never in ``posterior_predictive``.
 
     Example::
 
@@ -106,7 +115,38 @@ def to_datatree(
             _add_group(dt, "predictions", pred, pdims, coords)
             if constant:
                 _add_group(dt, "predictions_constant_data", constant, pdims, coords)
+        if infer_discrete:
+            _add_discrete_draws(dt, ctx, coords, dims)
+        _stacking.stack_tree(dt, _stacking.resolve(stack, _tree_names(dt)))
+        if not stack:
+            _stacking.hint(dt["observed_data"].data_vars if "observed_data" in dt.children else ())
         return dt
+
+
+def _tree_names(dt):
+    return [n for child in dt.children.values() for n in child.data_vars]
+
+
+def _add_discrete_draws(dt, ctx, coords, dims):
+    """``infer_discrete=True``: draws of the discrete sites NUTS summed out, into ``posterior``."""
+    from . import _enumeration
+
+    model, args, kwargs = ctx["model"], ctx["args"], ctx["kwargs"]
+    tr = _replay.trace_model(model, args, kwargs)
+    discrete = _replay.discrete_without_draws(tr, ctx["draws"])
+    if not discrete:
+        warn(["to_datatree: infer_discrete=True, but every discrete latent site has draws already; nothing added."])
+        return
+    values = _enumeration.discrete_draws(model, ctx["draws"], args, kwargs, discrete, tr)
+    chains = ctx["chains"]
+    variables = {n: _np(v.reshape((chains, -1) + v.shape[1:])) for n, v in values.items()}
+    var_dims = {n: _site_dims(n, tr.nodes[n]) for n in discrete} | dict(dims or {})
+    extra = from_dict({"posterior": variables}, coords=dict(coords or {}), dims=var_dims)["posterior"].to_dataset()
+    ds = dt["posterior"].to_dataset()
+    attrs = dict(ds.attrs)
+    ds = ds.assign(extra.data_vars)
+    ds.attrs = attrs
+    dt["posterior"] = xr.DataTree(ds)
 
 
 def _prediction_inputs(predictions, pred_kwargs):
