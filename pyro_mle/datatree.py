@@ -448,13 +448,39 @@ def loo_pit(dt: xr.DataTree, **kwargs: Any) -> Any:
     weights is undefined; its leave-one-out weights are taken as uniform instead, which makes
     the result the PIT of the plug-in predictive distribution at the estimate. That ignores
     the estimate's own dependence on the left-out row, so it is optimistic for small data.
+
+    An observation with event dims (a row ``.to_event(1)`` inside a plate: one pointwise
+    log-likelihood per row, several values per row) is refused by ArviZ's own
+    ``loo_pit``, which needs one pointwise value per observed value; here each value gets the
+    leave-its-row-out weights of its row, so the result is the PIT of each component under
+    the leave-one-row-out predictive.
     """
     import arviz_stats as azs
 
-    if not dt.attrs.get("point_estimate"):
+    point = bool(dt.attrs.get("point_estimate"))
+    events = _event_vars(dt)
+    if not point and not events:
         return azs.loo_pit(dt, **kwargs)
     ll = dt["log_likelihood"].to_dataset()
-    n = ll.sizes["chain"] * ll.sizes["draw"]
-    log_weights = xr.full_like(ll, -np.log(n))
-    pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    if point:
+        n = ll.sizes["chain"] * ll.sizes["draw"]
+        log_weights = xr.full_like(ll, -np.log(n))
+        pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    else:
+        log_weights, pareto_k = xr.Dataset(), xr.Dataset()
+        for var in ll.data_vars:
+            elpd = azs.loo(dt, var_name=var, pointwise=True)
+            log_weights[var], pareto_k[var] = elpd.log_weights, elpd.pareto_k
+    pp = dt["posterior_predictive"].to_dataset()
+    for var in events:  # each value of a row takes its row's weights
+        log_weights[var] = log_weights[var].broadcast_like(pp[var])
+        pareto_k[var] = pareto_k[var].broadcast_like(pp[var].isel(chain=0, draw=0, drop=True))
     return azs.loo_pit(dt, log_weights=log_weights, pareto_k=pareto_k, **kwargs)
+
+
+def _event_vars(dt: xr.DataTree) -> list[str]:
+    """Observation variables whose predictive draws have dims their log-likelihood lacks."""
+    if "log_likelihood" not in dt.children or "posterior_predictive" not in dt.children:
+        return []
+    ll, pp = dt["log_likelihood"], dt["posterior_predictive"]
+    return [v for v in ll.data_vars if v in pp.data_vars and set(pp[v].dims) - set(ll[v].dims)]
