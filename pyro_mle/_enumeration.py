@@ -170,21 +170,42 @@ def discrete_draws(
     kwargs: Mapping[str, Any],
     discrete: Sequence[str],
     tr0: poutine.Trace,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], str]:
     """One draw of each ``discrete`` site from :math:`p(z \\mid y, \\theta)` per posterior draw
-    θ (:func:`pyro.infer.infer_discrete`, forward-filter backward-sample): ``{site: (S, *shape)}``.
-    A loop over draws, from the current generators."""
+    θ (:func:`pyro.infer.infer_discrete`, forward-filter backward-sample), from the current
+    generators: ``({site: (S, *shape)}, how)``.
+
+    All draws in one run under an extra plate (``how="vectorised"``) when the program's
+    enumerated log-likelihood replays that way and agrees with single-draw runs (the random
+    draws themselves cannot be compared), else a loop over draws (``"loop"``)."""
     kwargs = dict(kwargs)
     nesting = _replay.max_plate_nesting(tr0)
-    model = enumerated(_replay._fixed_rows(model, tr0), discrete)
+    enum_model = enumerated(_replay._fixed_rows(model, tr0), discrete)
     shapes = {n: tr0.nodes[n]["value"].shape for n in discrete}
     num = next(iter(draws.values())).shape[0] if draws else 1
-    out = {n: [] for n in discrete}
+    observed = list(_replay.observed_sites(tr0))
     with torch.no_grad():
+        if draws and observed:
+            _, how = pointwise_log_likelihood(model, draws, args, kwargs, observed, discrete, tr0)
+            if how.endswith("vectorised"):
+                latent = _replay.latent_sites(tr0)
+                data = {k: _replay._pad(v, latent[k], nesting) for k, v in draws.items()}
+                conditioned = poutine.condition(enum_model, data=data)
+
+                def plated(*a, **k):  # inside: infer_discrete blocks the handlers around it
+                    with _draws_plate(num, nesting):
+                        return conditioned(*a, **k)
+
+                sampler = infer_discrete(plated, first_available_dim=-(nesting + 2), temperature=1)
+                tr = poutine.trace(sampler).get_trace(*args, **kwargs)
+                values = {n: tr.nodes[n]["value"] for n in discrete}
+                if all(v.numel() == num * shapes[n].numel() for n, v in values.items()):
+                    return {n: v.reshape((num,) + tuple(shapes[n])) for n, v in values.items()}, "vectorised"
+        out = {n: [] for n in discrete}
         for i in range(num):
-            conditioned = poutine.condition(model, data={k: v[i] for k, v in draws.items()})
+            conditioned = poutine.condition(enum_model, data={k: v[i] for k, v in draws.items()})
             sampler = infer_discrete(conditioned, first_available_dim=-(nesting + 1), temperature=1)
             tr = poutine.trace(sampler).get_trace(*args, **kwargs)
             for n in discrete:
                 out[n].append(tr.nodes[n]["value"].reshape(shapes[n]))
-    return {n: torch.stack(v) for n, v in out.items()}
+    return {n: torch.stack(v) for n, v in out.items()}, "loop"

@@ -137,7 +137,8 @@ def _add_discrete_draws(dt, ctx, coords, dims):
     if not discrete:
         warn(["to_datatree: infer_discrete=True, but every discrete latent site has draws already; nothing added."])
         return
-    values = _enumeration.discrete_draws(model, ctx["draws"], args, kwargs, discrete, tr)
+    values, how = _enumeration.discrete_draws(model, ctx["draws"], args, kwargs, discrete, tr)
+    dt.attrs["infer_discrete_method"] = how
     chains = ctx["chains"]
     variables = {n: _np(v.reshape((chains, -1) + v.shape[1:])) for n, v in values.items()}
     var_dims = {n: _site_dims(n, tr.nodes[n]) for n in discrete} | dict(dims or {})

@@ -23,6 +23,7 @@ jax.config.update("jax_enable_x64", True)
 numpyro = pytest.importorskip("numpyro")
 nd = pytest.importorskip("numpyro.distributions")
 from arviz_base import from_numpyro  # noqa: E402
+from arviz_base.io_numpyro import NumPyroInferenceAdapter  # noqa: E402
 from test_datatree_styles import (  # noqa: E402
     SIGMA8,
     Y8,
@@ -35,6 +36,23 @@ from test_datatree_styles import (  # noqa: E402
 )
 
 F64 = torch.float64
+
+
+class _Draws(NumPyroInferenceAdapter):
+    """Given draws ``(chain, draw, …)`` as a NumPyro inference result, for ``from_numpyro``
+    (no NUTS compile in the tests; both converters see the same draws)."""
+
+    def __init__(self, draws, model, args=(), kwargs=None):
+        shape = next(iter(draws.values())).shape[:2]
+        super().__init__(None, model, args, kwargs, shape)
+        self.draws = {k: jax.numpy.asarray(np.asarray(v)) for k, v in draws.items()}
+
+    @property
+    def sample_dims(self):
+        return ["chain", "draw"]
+
+    def get_samples(self, seed=None, **kwargs):
+        return self.draws
 
 
 # ------------------------------------------------------------------ enumerated mixture
@@ -105,10 +123,11 @@ def test_infer_discrete_draws_follow_the_responsibilities():
     r_n = w_1 N(y_n|loc_1) / Σ_k w_k N(y_n|loc_k): their means within 5 binomial standard errors."""
     y = _mixture_data()
     one = _mixture_draws(1, 1)
-    S = 150
+    S = 400
     draws = {k: v.expand((1, S) + v.shape[2:]).clone() for k, v in one.items()}
-    post = pyro_mle.Posterior("nuts", draws, {}, {}, mixture, (torch.tensor(y),), {})
+    post = pyro_mle.Posterior("nuts", draws, {}, {}, mixture_vindex, (torch.tensor(y),), {})
     dt = pyro_mle.to_datatree(post, infer_discrete=True, predictive=False, log_likelihood=False)
+    assert dt.attrs["infer_discrete_method"] == "vectorised"
     k = dt["posterior"]["k"]
     assert k.dims == ("chain", "draw", "data") and k.dtype == np.int64
     w, locs, scale = one["w"].numpy()[0, 0], one["locs"].numpy()[0, 0], float(one["scale"][0, 0])
@@ -129,22 +148,18 @@ def _plain():
     pyro.sample("y", dist.Normal(a, 1.0), obs=torch.tensor(0.5, dtype=F64))
 
 
-@pytest.fixture(scope="module")
-def mixture_nuts():
-    """Pyro's NUTS (the fallback for discrete latents) on the mixture, end to end."""
+def test_mixture_posterior_runs_end_to_end():
+    """Pyro's NUTS (the fallback for discrete latents, which it enumerates) on the mixture,
+    then the tree with infer_discrete draws (a short run: the plumbing, not the posterior)."""
     y = torch.tensor(_mixture_data())
     post = pyro_mle.posterior(
-        mixture, y, method="nuts", num_samples=30, warmup=30, chains=1, seed=1, progress=False, diagnose=False
+        mixture, y, method="nuts", num_samples=10, warmup=10, chains=1, seed=1, progress=False, diagnose=False
     )
-    return post, pyro_mle.to_datatree(post, infer_discrete=True)
-
-
-def test_mixture_posterior_runs_end_to_end(mixture_nuts):
-    post, dt = mixture_nuts
+    dt = pyro_mle.to_datatree(post, infer_discrete=True)
     assert "fallback" in post.info and "k" not in post.samples
     ref = _mixture_reference({k: v for k, v in post.samples.items()}, _mixture_data())
     np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-10, atol=1e-12)
-    assert dt["posterior"]["k"].shape == (1, 30, 40)
+    assert dt["posterior"]["k"].shape == (1, 10, 40) and dt.attrs["infer_discrete_method"] == "loop"
     assert set(dt["posterior_predictive"].data_vars) == {"y"}
     assert "energy" in dt["sample_stats"]
 
@@ -202,14 +217,13 @@ def ar1_numpyro(y):
 
 @pytest.fixture(scope="module")
 def ar_pair():
-    from numpyro.infer import MCMC as NMCMC
-    from numpyro.infer import NUTS as NNUTS
-
     y = _ar_data()
-    mcmc = NMCMC(NNUTS(ar1_numpyro), num_warmup=60, num_samples=50, num_chains=1, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), y)
-    ref = from_numpyro(mcmc, log_likelihood=True)
-    samples = {k: torch.tensor(np.array(v), dtype=F64) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    g = torch.Generator().manual_seed(0)
+    samples = {
+        "rho": 0.6 + 0.08 * torch.randn(2, 30, generator=g, dtype=F64),
+        "sigma": 0.5 + 0.05 * torch.rand(2, 30, generator=g, dtype=F64),
+    }
+    ref = from_numpyro(_Draws(samples, ar1_numpyro, (y,)), log_likelihood=True)
     post = pyro_mle.Posterior("nuts", samples, {}, {}, ar1, (torch.tensor(y),), {})
     return ref, post
 
@@ -281,14 +295,14 @@ def nested_numpyro(y=None):
 
 
 def test_event_dims_and_a_dim_minus_2_plate_match_from_numpyro():
-    from numpyro.infer import MCMC as NMCMC
-    from numpyro.infer import NUTS as NNUTS
-
     y = np.random.default_rng(2).normal(size=(3, 4))
-    mcmc = NMCMC(NNUTS(nested_numpyro), num_warmup=30, num_samples=20, num_chains=1, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), y=y)
-    ref = from_numpyro(mcmc, log_likelihood=True)
-    samples = {k: torch.tensor(np.array(v), dtype=F64) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    g = torch.Generator().manual_seed(1)
+    samples = {
+        "mu": torch.randn(1, 12, generator=g, dtype=F64),
+        "z": torch.randn(1, 12, 3, 1, generator=g, dtype=F64),
+        "w": torch.randn(1, 12, 2, generator=g, dtype=F64),
+    }
+    ref = from_numpyro(_Draws(samples, nested_numpyro, kwargs={"y": y}), log_likelihood=True)
     post = pyro_mle.Posterior("nuts", samples, {}, {}, nested, (torch.tensor(y),), {})
     dt = pyro_mle.to_datatree(post)
     for group in ("posterior", "log_likelihood", "observed_data"):
@@ -329,7 +343,7 @@ def _stats(chains, draws, seed):
     }
 
 
-def _tree(name, mixture_nuts):
+def _tree(name):
     """The tree of one modelling style: draws near each model's posterior (2 chains × 40),
     energy statistics for plot_energy."""
     C, S = 2, 40
@@ -362,7 +376,8 @@ def _tree(name, mixture_nuts):
         draws = {"rho": 0.6 + 0.05 * randn(C, S), "sigma": 0.5 + 0.03 * randn(C, S).abs()}
         return pyro_mle.to_datatree(post(draws, ar1, (torch.tensor(_ar_data()),)), stack=True)
     if name == "mixture":
-        return mixture_nuts[1]
+        y = torch.tensor(_mixture_data())
+        return pyro_mle.to_datatree(post(_mixture_draws(C, S), mixture_vindex, (y,)), infer_discrete=True)
     if name == "prior_predictions":
         X = torch.randn(15, 2, generator=g, dtype=F64)
         y = X @ torch.tensor([1.0, -1.0], dtype=F64) + 0.3 * randn(15)
@@ -386,7 +401,7 @@ STYLES = {
 
 
 @pytest.mark.parametrize("name", list(STYLES))
-def test_arviz_stats_and_plots_run_on_every_style(name, mixture_nuts):
+def test_arviz_stats_and_plots_run_on_every_style(name):
     import arviz_plots as azp
     import arviz_stats as azs
     import matplotlib
@@ -394,7 +409,7 @@ def test_arviz_stats_and_plots_run_on_every_style(name, mixture_nuts):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dt = _tree(name, mixture_nuts)
+    dt = _tree(name)
     with warnings.catch_warnings():
         # a high Pareto k is a property of the data and of 80 draws, not of the tree
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
