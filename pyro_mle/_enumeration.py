@@ -40,9 +40,7 @@ def _enum_dims(t: torch.Tensor, dims: set[int]) -> set[int]:
     return {d for d in dims if t.dim() >= -d and t.shape[d] > 1}
 
 
-def _marginal(
-    tr: poutine.Trace, sites: Sequence[str], discrete: Sequence[str], shared: set
-) -> dict[str, torch.Tensor]:
+def _marginal(tr: poutine.Trace, sites: Sequence[str], discrete: Sequence[str], shared: set) -> dict[str, torch.Tensor]:
     """Per site of ``sites``: its log-density with every enumerated site it depends on summed out
     (log-sum-exp over their enumeration dims, keepdim), in an enumerated trace ``tr``. Adds
     to ``shared`` each (site, discrete site, plates) where the discrete site is shared."""

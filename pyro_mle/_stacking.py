@@ -102,7 +102,7 @@ def _stack_dataset(ds: xr.Dataset, var: str, members: list[str], group: str) -> 
     parts = []
     for m in present:
         da = ds[m]
-        rename = {d: f"{var}_dim_{int(d[len(m) + 5:]) + 1}" for d in da.dims if d.startswith(f"{m}_dim_")}
+        rename = {d: f"{var}_dim_{int(d[len(m) + 5 :]) + 1}" for d in da.dims if d.startswith(f"{m}_dim_")}
         da = da.rename(rename)
         parts.append(da.drop_vars([c for c in da.coords if c not in da.dims]).reset_coords(drop=True))
     new = xr.concat(parts, dim=f"{var}_dim_0", coords="minimal", compat="override", join="override")

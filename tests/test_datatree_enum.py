@@ -175,7 +175,9 @@ def test_a_shared_discrete_site_is_warned_about():
     y = np.array([0.1, 1.9, 2.3])
     locs = torch.linspace(-0.5, 0.5, 5, dtype=F64).reshape(1, 5)
     post = pyro_mle.Posterior("nuts", {"loc": locs}, {}, {}, shared, (torch.tensor(y),), {})
-    with pytest.warns(DiagnosticWarning, match=r"'regime' is shared by the values of 'y' across the plate\(s\) \['data'\]"):
+    with pytest.warns(
+        DiagnosticWarning, match=r"'regime' is shared by the values of 'y' across the plate\(s\) \['data'\]"
+    ):
         dt = pyro_mle.to_datatree(post)
     loc = locs.numpy()[..., None]
     ref = np.logaddexp(np.log(0.5) + stats.norm(loc, 1).logpdf(y), np.log(0.5) + stats.norm(loc + 2, 1).logpdf(y))
@@ -280,7 +282,9 @@ def nested(y=None):
             pyro.sample("y", dist.Normal(z, 1.0), obs=y)
     w = pyro.sample("w", dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1), infer={"event_dims": ["coef"]})
     with pyro.plate("rows", 5):
-        pyro.sample("v", dist.Normal(w, 1.0).to_event(1), obs=torch.zeros(5, 2, dtype=F64), infer={"event_dims": ["coef"]})
+        pyro.sample(
+            "v", dist.Normal(w, 1.0).to_event(1), obs=torch.zeros(5, 2, dtype=F64), infer={"event_dims": ["coef"]}
+        )
 
 
 def nested_numpyro(y=None):
