@@ -217,6 +217,13 @@ def ar1_numpyro(y):
     scan(step, y[0], y[1:])
 
 
+def ar1_numpyro_loop(y):
+    rho = numpyro.sample("rho", nd.Uniform(-1.0, 1.0))
+    sigma = numpyro.sample("sigma", nd.HalfNormal(1.0))
+    for t in range(1, len(y)):
+        numpyro.sample(f"y_{t}", nd.Normal(rho * y[t - 1], sigma), obs=y[t])
+
+
 @pytest.fixture(scope="module")
 def ar_pair():
     y = _ar_data()
@@ -261,6 +268,20 @@ def test_ar1_stacked_log_likelihood_equals_scipy_and_loo_sees_every_step(ar_pair
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
         elpd = azs.loo(dt)
     assert elpd.n_data_points == T - 1
+
+
+def test_ar1_unstacked_matches_from_numpyro_python_loop(ar_pair):
+    """Without stack=, one variable per step, as ArviZ's NumPyro converter writes a Python loop."""
+    _, post = ar_pair
+    ref = from_numpyro(_Draws(dict(post.samples), ar1_numpyro_loop, (_ar_data(),)), log_likelihood=True)
+    with pytest.warns(DiagnosticWarning, match="look like the steps of one sequential loop"):
+        dt = pyro_mle.to_datatree(post, predictive=False)
+    for group in ("log_likelihood", "observed_data"):
+        ours, theirs = dt[group].to_dataset(), ref[group].to_dataset()
+        assert set(ours.data_vars) == set(theirs.data_vars) and len(ours.data_vars) == T - 1, group
+        for name in theirs.data_vars:
+            assert ours[name].dims == theirs[name].dims, (group, name)
+            np.testing.assert_allclose(ours[name].values, theirs[name].values, rtol=1e-10, err_msg=f"{group}/{name}")
 
 
 def test_bad_stack_specs_are_explained(ar_pair):
