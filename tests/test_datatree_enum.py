@@ -284,6 +284,32 @@ def test_ar1_unstacked_matches_from_numpyro_python_loop(ar_pair):
             np.testing.assert_allclose(ours[name].values, theirs[name].values, rtol=1e-10, err_msg=f"{group}/{name}")
 
 
+def test_a_latent_loop_stacks_in_step_order_in_every_group():
+    """A random walk x_t observed as y_t: x_0 … x_11 become posterior["x"] with x_10 after x_9
+    (numeric order, not the strings' order), in posterior and prior alike."""
+    steps = 12
+    y = torch.linspace(-1, 1, steps, dtype=F64)
+
+    def walk(y):
+        s = pyro.sample("s", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+        x = torch.tensor(0.0, dtype=F64)
+        for t in pyro.markov(range(steps)):
+            x = pyro.sample(f"x_{t}", dist.Normal(x, s))
+            pyro.sample(f"y_{t}", dist.Normal(x, 0.5), obs=y[t])
+
+    g = torch.Generator().manual_seed(4)
+    draws = {"s": 0.5 + 0.1 * torch.rand(1, 8, generator=g, dtype=F64)}
+    draws |= {f"x_{t}": torch.randn(1, 8, generator=g, dtype=F64) for t in range(steps)}
+    post = pyro_mle.Posterior("nuts", draws, {}, {}, walk, (y,), {})
+    dt = pyro_mle.to_datatree(post, stack=True, prior=5)
+    x = dt["posterior"]["x"]
+    assert x.dims == ("chain", "draw", "x_dim_0")
+    np.testing.assert_array_equal(x.values, np.stack([draws[f"x_{t}"].numpy() for t in range(steps)], -1))
+    assert dt["prior"]["x"].shape == (1, 5, steps) and dt["prior_predictive"]["y"].shape == (1, 5, steps)
+    ref = stats.norm(x.values, 0.5).logpdf(y.numpy())
+    np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-12)
+
+
 def test_bad_stack_specs_are_explained(ar_pair):
     _, post = ar_pair
     with pytest.raises(ValueError, match="matches no site"):
