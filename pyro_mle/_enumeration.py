@@ -21,10 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import xarray as xr
+from arviz_base import from_dict
 from pyro import poutine
 from pyro.infer import infer_discrete
 
 from . import _replay
+from ._groups import _np, _site_dims
 from .diagnostics import warn
 
 
@@ -207,3 +210,31 @@ def discrete_draws(
             for n in discrete:
                 out[n].append(tr.nodes[n]["value"].reshape(shapes[n]))
     return {n: torch.stack(v) for n, v in out.items()}, "loop"
+
+
+def add_discrete_draws(
+    dt: xr.DataTree,
+    ctx: Mapping[str, Any],
+    coords: Mapping[str, Sequence] | None,
+    dims: Mapping[str, Sequence[str]] | None,
+) -> None:
+    """``to_datatree(..., infer_discrete=True)``: draws of the discrete sites NUTS summed out,
+    added to ``dt["posterior"]`` (dims from their plates), ``attrs["infer_discrete_method"]``
+    set. ``ctx`` is the converter's context (model, args, kwargs, flat draws, chains)."""
+    model, args, kwargs = ctx["model"], ctx["args"], ctx["kwargs"]
+    tr = _replay.trace_model(model, args, kwargs)
+    discrete = _replay.discrete_without_draws(tr, ctx["draws"])
+    if not discrete:
+        warn(["to_datatree: infer_discrete=True, but every discrete latent site has draws already; nothing added."])
+        return
+    values, how = discrete_draws(model, ctx["draws"], args, kwargs, discrete, tr)
+    dt.attrs["infer_discrete_method"] = how
+    chains = ctx["chains"]
+    variables = {n: _np(v.reshape((chains, -1) + v.shape[1:])) for n, v in values.items()}
+    var_dims = {n: _site_dims(n, tr.nodes[n]) for n in discrete} | dict(dims or {})
+    extra = from_dict({"posterior": variables}, coords=dict(coords or {}), dims=var_dims)["posterior"].to_dataset()
+    ds = dt["posterior"].to_dataset()
+    attrs = dict(ds.attrs)
+    ds = ds.assign(extra.data_vars)
+    ds.attrs = attrs
+    dt["posterior"] = xr.DataTree(ds)

@@ -39,7 +39,7 @@ from arviz_base import from_dict
 from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
-from . import _replay, _stacking
+from . import _enumeration, _replay, _stacking
 from ._groups import _constant_data, _np, _site_dims, predictions_groups, prior_groups
 from ._rng import rng_scope
 from .diagnostics import warn
@@ -116,7 +116,7 @@ def to_datatree(
             if constant:
                 _add_group(dt, "predictions_constant_data", constant, pdims, coords)
         if infer_discrete:
-            _add_discrete_draws(dt, ctx, coords, dims)
+            _enumeration.add_discrete_draws(dt, ctx, coords, dims)
         _stacking.stack_tree(dt, _stacking.resolve(stack, _tree_names(dt)))
         if not stack:
             _stacking.hint(dt["observed_data"].data_vars if "observed_data" in dt.children else ())
@@ -125,29 +125,6 @@ def to_datatree(
 
 def _tree_names(dt):
     return [n for child in dt.children.values() for n in child.data_vars]
-
-
-def _add_discrete_draws(dt, ctx, coords, dims):
-    """``infer_discrete=True``: draws of the discrete sites NUTS summed out, into ``posterior``."""
-    from . import _enumeration
-
-    model, args, kwargs = ctx["model"], ctx["args"], ctx["kwargs"]
-    tr = _replay.trace_model(model, args, kwargs)
-    discrete = _replay.discrete_without_draws(tr, ctx["draws"])
-    if not discrete:
-        warn(["to_datatree: infer_discrete=True, but every discrete latent site has draws already; nothing added."])
-        return
-    values, how = _enumeration.discrete_draws(model, ctx["draws"], args, kwargs, discrete, tr)
-    dt.attrs["infer_discrete_method"] = how
-    chains = ctx["chains"]
-    variables = {n: _np(v.reshape((chains, -1) + v.shape[1:])) for n, v in values.items()}
-    var_dims = {n: _site_dims(n, tr.nodes[n]) for n in discrete} | dict(dims or {})
-    extra = from_dict({"posterior": variables}, coords=dict(coords or {}), dims=var_dims)["posterior"].to_dataset()
-    ds = dt["posterior"].to_dataset()
-    attrs = dict(ds.attrs)
-    ds = ds.assign(extra.data_vars)
-    ds.attrs = attrs
-    dt["posterior"] = xr.DataTree(ds)
 
 
 def _prediction_inputs(predictions, pred_kwargs):
