@@ -31,8 +31,26 @@ def _site_dims(name: str, site: dict) -> list[str]:
     for i in range(value.dim()):
         rel = i - batch_ndim
         frame = by_dim.get(rel) if rel < 0 else None
-        names.append(frame.name if frame is not None and frame.size == value.shape[i] else f"{name}_dim_{i}")
-    return names
+        names.append(frame.name if frame is not None and frame.size == value.shape[i] else None)
+    return _name_rest(name, site, names)
+
+
+def _name_rest(name: str, site: dict, names: list) -> list[str]:
+    """Fill the axes no plate names: ``infer={"event_dims": [...]}`` names the event axes (as
+    ArviZ's NumPyro converter reads it), the others are ``{name}_dim_{k}`` counting only the
+    unnamed axes, as ArviZ does (a latent in a ``dim=-2`` plate: ``(plate, z_dim_0)``)."""
+    event_dims = list(site["infer"].get("event_dims") or [])
+    if event_dims:
+        event_ndim = len(names) if _replay.is_deterministic(site) else site["fn"].event_dim
+        if len(event_dims) != event_ndim:
+            raise ValueError(
+                f"to_datatree: site {name!r} has infer={{'event_dims': {event_dims!r}}}, {len(event_dims)} name(s) "
+                f"for its {event_ndim} event dim(s) (value shape {tuple(site['value'].shape)}). Give one name per "
+                "event dim, or use dims= for the batch dims."
+            )
+        names[len(names) - event_ndim :] = event_dims
+    unnamed = iter(range(len(names)))
+    return [n if n is not None else f"{name}_dim_{next(unnamed)}" for n in names]
 
 
 def _constant_data(model: Callable, args: tuple, kwargs: Mapping[str, Any], obs: dict) -> dict[str, torch.Tensor]:

@@ -276,6 +276,11 @@ def replay_sites(
         return {n: torch.stack([d[n] for d in per_draw]) for n in value_of}, "loop"
 
 
+def discrete_without_draws(tr: poutine.Trace, draws: Mapping[str, torch.Tensor]) -> list[str]:
+    """Discrete latent sites that ``draws`` has no values for (NUTS sums them out)."""
+    return [n for n, s in latent_sites(tr).items() if n not in draws and s["fn"].support.is_discrete]
+
+
 def pointwise_log_likelihood(
     model: Callable,
     draws: Mapping[str, torch.Tensor],
@@ -288,20 +293,14 @@ def pointwise_log_likelihood(
     ``draws`` maps latent site names to tensors with one leading draw dimension S. Returns
     ``({site: (S, *batch_shape)}, "vectorised" | "loop")``: the log-density of each
     observation (event dims summed, masked observations 0, no subsampling scale), and how
-    it was computed. ``sites`` picks the sites (default: every observed site; a
+    it was computed. Discrete latent sites without draws are summed out by enumeration
+    (:mod:`pyro_mle._enumeration`): the marginal log-likelihood, ``how`` then starting
+    ``"enumerated"``. ``sites`` picks the sites (default: every observed site; a
     ``pyro.factor`` site may be named too).
     """
     kwargs = dict(kwargs or {})
     tr0 = trace_model(model, args, kwargs)
     obs = require_observed(model, tr0)
-    missing = [n for n, s in latent_sites(tr0).items() if n not in draws and s["fn"].support.is_discrete]
-    if missing:
-        raise ValueError(
-            f"pointwise log-likelihood: the discrete latent site(s) {missing} have no posterior draws (NUTS "
-            "sums them out by enumeration), and replaying them from the prior would condition the "
-            "likelihood on random values. Marginalise them inside the model (e.g. a mixture "
-            "distribution instead of a discrete site), or pass their draws (pyro.infer.infer_discrete)."
-        )
     names = list(obs) if sites is None else list(sites)
     unknown = [n for n in names if n not in obs and not (n in tr0.nodes and is_factor(tr0.nodes[n]))]
     if unknown:
@@ -309,6 +308,11 @@ def pointwise_log_likelihood(
             f"pointwise log-likelihood: {unknown} are not observed or factor sites of the program; "
             f"observed: {list(obs)}, factors: {list(factor_sites(tr0))}."
         )
+    discrete = discrete_without_draws(tr0, draws)
+    if discrete:  # NUTS summed them out: the marginal log-likelihood, summed out here too
+        from . import _enumeration
+
+        return _enumeration.pointwise_log_likelihood(model, draws, args, kwargs, names, discrete, tr0)
     return replay_sites(model, draws, args, kwargs, {n: _site_log_lik for n in names}, tr0)
 
 

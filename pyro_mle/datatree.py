@@ -39,7 +39,7 @@ from arviz_base import from_dict
 from pyro.infer import MCMC
 from pyro.poutine.util import site_is_subsample
 
-from . import _replay
+from . import _enumeration, _replay, _stacking
 from ._groups import _constant_data, _np, _site_dims, predictions_groups, prior_groups
 from ._rng import rng_scope
 from .diagnostics import warn
@@ -59,6 +59,8 @@ def to_datatree(
     predictions: tuple | Mapping[str, Any] | None = None,
     pred_kwargs: Mapping[str, Any] | None = None,
     pred_dims: Mapping[str, Sequence[str]] | None = None,
+    stack: bool | Mapping[str, str] | None = None,
+    infer_discrete: bool = False,
 ) -> xr.DataTree:
     """Convert ``result`` to an ArviZ 1.x DataTree.
 
@@ -84,6 +86,13 @@ def to_datatree(
         ``predictions_constant_data`` (the tensor inputs), dims from the plates of a run on
         the new inputs.
     :param pred_dims: variable name → dims of the predictions groups, overriding the plates.
+    :param stack: stack the sites of one sequential loop (``pyro.markov``) into one variable
+        with a step dim ``{var}_dim_0``: ``{"y": r"y_\\d+"}`` (variable → regular expression
+        matching whole site names) or ``True`` (every ``name_<int>`` family), in every group.
+    :param infer_discrete: add to ``posterior`` one draw per posterior draw of each discrete
+        latent site that NUTS summed out, from its conditional posterior
+        (:func:`pyro.infer.infer_discrete`). Their log-likelihood is the marginal one either way,
+        and they are never in ``posterior_predictive``.
 
     Example::
 
@@ -106,7 +115,16 @@ def to_datatree(
             _add_group(dt, "predictions", pred, pdims, coords)
             if constant:
                 _add_group(dt, "predictions_constant_data", constant, pdims, coords)
+        if infer_discrete:
+            _enumeration.add_discrete_draws(dt, ctx, coords, dims)
+        _stacking.stack_tree(dt, _stacking.resolve(stack, _tree_names(dt)))
+        if not stack:
+            _stacking.hint(dt["observed_data"].data_vars if "observed_data" in dt.children else ())
         return dt
+
+
+def _tree_names(dt):
+    return [n for child in dt.children.values() for n in child.data_vars]
 
 
 def _prediction_inputs(predictions, pred_kwargs):
@@ -408,13 +426,39 @@ def loo_pit(dt: xr.DataTree, **kwargs: Any) -> Any:
     weights is undefined; its leave-one-out weights are taken as uniform instead, which makes
     the result the PIT of the plug-in predictive distribution at the estimate. That ignores
     the estimate's own dependence on the left-out row, so it is optimistic for small data.
+
+    An observation with event dims (a row ``.to_event(1)`` inside a plate: one pointwise
+    log-likelihood per row, several values per row) is refused by ArviZ's own
+    ``loo_pit``, which needs one pointwise value per observed value; here each value gets the
+    leave-its-row-out weights of its row, so the result is the PIT of each component under
+    the leave-one-row-out predictive.
     """
     import arviz_stats as azs
 
-    if not dt.attrs.get("point_estimate"):
+    point = bool(dt.attrs.get("point_estimate"))
+    events = _event_vars(dt)
+    if not point and not events:
         return azs.loo_pit(dt, **kwargs)
     ll = dt["log_likelihood"].to_dataset()
-    n = ll.sizes["chain"] * ll.sizes["draw"]
-    log_weights = xr.full_like(ll, -np.log(n))
-    pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    if point:
+        n = ll.sizes["chain"] * ll.sizes["draw"]
+        log_weights = xr.full_like(ll, -np.log(n))
+        pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    else:
+        log_weights, pareto_k = xr.Dataset(), xr.Dataset()
+        for var in ll.data_vars:
+            elpd = azs.loo(dt, var_name=var, pointwise=True)
+            log_weights[var], pareto_k[var] = elpd.log_weights, elpd.pareto_k
+    pp = dt["posterior_predictive"].to_dataset()
+    for var in events:  # each value of a row takes its row's weights
+        log_weights[var] = log_weights[var].broadcast_like(pp[var])
+        pareto_k[var] = pareto_k[var].broadcast_like(pp[var].isel(chain=0, draw=0, drop=True))
     return azs.loo_pit(dt, log_weights=log_weights, pareto_k=pareto_k, **kwargs)
+
+
+def _event_vars(dt: xr.DataTree) -> list[str]:
+    """Observation variables whose predictive draws have dims their log-likelihood lacks."""
+    if "log_likelihood" not in dt.children or "posterior_predictive" not in dt.children:
+        return []
+    ll, pp = dt["log_likelihood"], dt["posterior_predictive"]
+    return [v for v in ll.data_vars if v in pp.data_vars and set(pp[v].dims) - set(ll[v].dims)]

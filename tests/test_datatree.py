@@ -219,7 +219,8 @@ def test_a_subsampled_model_keeps_one_set_of_rows(data):
     np.testing.assert_allclose(dt["log_likelihood"]["y"].values[0], ref, rtol=1e-10)
 
 
-def test_a_discrete_latent_without_draws_is_refused(data):
+def test_a_discrete_latent_without_draws_is_summed_out(data):
+    """No longer refused: the marginal log-likelihood, log Σ_k ½ N(y_n | mu_k, 1), by scipy."""
     X, y, _ = data
 
     def mixture(X, y=None):
@@ -228,9 +229,12 @@ def test_a_discrete_latent_without_draws_is_refused(data):
             z = pyro.sample("z", dist.Categorical(logits=torch.zeros(2, dtype=X.dtype)))
             pyro.sample("y", dist.Normal(mu[..., z] if mu.dim() == 1 else mu.gather(-1, z), 1.0), obs=y)
 
-    fake = pyro_mle.Posterior("nuts", {"mu": torch.zeros(1, 3, 2, dtype=torch.float64)}, {}, {}, mixture, (X, y), {})
-    with pytest.raises(ValueError, match=r"discrete latent site\(s\) \['z'\] have no posterior draws"):
-        pyro_mle.to_datatree(fake)
+    mu = torch.tensor([[[-1.0, 1.0], [0.0, 0.5], [0.2, -0.3]]], dtype=torch.float64)
+    fake = pyro_mle.Posterior("nuts", {"mu": mu}, {}, {}, mixture, (X, y), {})
+    dt = pyro_mle.to_datatree(fake)
+    ref = special.logsumexp(np.log(0.5) + stats.norm(mu.numpy()[..., None, :], 1.0).logpdf(y.numpy()[:, None]), axis=-1)
+    np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-10)
+    assert "z" not in dt["posterior"] and "z" not in dt["posterior_predictive"]
 
 
 def test_vectorised_prediction_is_checked_against_a_single_draw(data):
