@@ -85,7 +85,8 @@ def test_rows_function_cuts_what_automatic_slicing_cannot():
         pyro_mle.kfold(post, k=2)
     cv = pyro_mle.kfold(post, folds=[1, 1, 2, 2, 3, 3, 4, 4], rows=lambda idx: (({"y": Y[idx]},), {}))
     auto = pyro_mle.kfold(
-        pyro_mle.posterior(model, Y, method="laplace", num_samples=500, chains=2, seed=1), folds=[1, 1, 2, 2, 3, 3, 4, 4]
+        pyro_mle.posterior(model, Y, method="laplace", num_samples=500, chains=2, seed=1),
+        folds=[1, 1, 2, 2, 3, 3, 4, 4],
     )
     np.testing.assert_allclose(cv.elpd_i.values, auto.elpd_i.values, rtol=1e-12)
 
