@@ -277,11 +277,10 @@ def _observation_rows(dt: xr.DataTree, variables: list[str]) -> tuple[str, np.nd
             "one plate."
         )
     (dim,) = next(iter(dims))
-    coords = ll[variables[0]].coords.get(dim)
-    rows = np.asarray(coords.values) if coords is not None else np.arange(ll.sizes[dim])
-    if not np.issubdtype(rows.dtype, np.integer):
-        rows = np.arange(ll.sizes[dim])  # labels given by the user: positions are the rows
-    return dim, rows.astype(int)
+    if dim in {f"{v}_observed" for v in variables}:
+        # the converter's dim of a masked site: its coordinates are the kept rows' numbers
+        return dim, np.asarray(ll[dim].values).astype(int)
+    return dim, np.arange(ll.sizes[dim])  # any coordinates are the user's labels, not row numbers
 
 
 def _row_slicer(post: Posterior, obs: dict[str, dict], num_rows: int) -> RowsFn:
@@ -294,8 +293,15 @@ def _row_slicer(post: Posterior, obs: dict[str, dict], num_rows: int) -> RowsFn:
     def aligned(v: Any) -> bool:
         return isinstance(v, torch.Tensor | np.ndarray) and v.ndim > 0 and v.shape[0] == num_rows
 
+    def is_observed(v: torch.Tensor) -> bool:
+        # the program may have converted its data (dtype, device): equal values count
+        return any(
+            v is o or (v.shape == o.shape and bool(torch.equal(v.to(o.dtype, copy=False).to(o.device), o)))
+            for o in observed
+        )
+
     values = [*post.args, *post.kwargs.values()]
-    if not any(aligned(v) and any(v is o for o in observed) for v in values if isinstance(v, torch.Tensor)):
+    if not any(aligned(v) and is_observed(v) for v in values if isinstance(v, torch.Tensor)):
         name = getattr(post.model, "__name__", repr(post.model))
         raise ValueError(
             f"reloo/kfold: the observed data of {name!r} are not an argument of the program with one entry per row "

@@ -103,3 +103,44 @@ def test_a_point_fit_is_refused_with_the_fix():
     fit = pyro_mle.fit(model, Y, method="map")
     with pytest.raises(TypeError, match="pyro_mle.posterior"):
         pyro_mle.reloo(fit)
+
+
+Z = torch.tensor([0.9, -1.1, 1.6, 0.0, -1.5, 0.2], dtype=torch.float64)  # moves with y: the rows matter
+Z_SCALE = 1.0
+
+
+def two_sites(y, z):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=y.dtype), PRIOR_SCALE))
+    with pyro.plate("rows", y.shape[0]):
+        pyro.sample("y", dist.Normal(mu, SCALE), obs=y)
+        pyro.sample("z", dist.Normal(mu, Z_SCALE), obs=z)
+
+
+def test_a_row_of_two_observed_sites_is_left_out_whole():
+    """kfold with one fold per row is exact leave-one-row-out: log p(y_i, z_i | other rows),
+    a bivariate Normal (both share mu), not the sum of two marginal predictives."""
+    y6 = Y[:6]
+    post = pyro_mle.posterior(two_sites, y6, Z, method="laplace", num_samples=20000, chains=2, seed=0)
+    cv = pyro_mle.kfold(post, folds=np.arange(6) + 1)
+    y, z = y6.numpy(), Z.numpy()
+    exact = []
+    for i in range(6):
+        rest = np.setdiff1d(np.arange(6), [i])
+        precision = 1 / PRIOR_SCALE**2 + len(rest) * (1 / SCALE**2 + 1 / Z_SCALE**2)
+        m = (y[rest].sum() / SCALE**2 + z[rest].sum() / Z_SCALE**2) / precision
+        v = 1 / precision
+        cov = [[v + SCALE**2, v], [v, v + Z_SCALE**2]]
+        exact.append(stats.multivariate_normal([m, m], cov).logpdf([y[i], z[i]]))
+    np.testing.assert_allclose(cv.elpd_i.values, exact, atol=0.02)
+    # scoring the sites apart (log mean p(y_i) + log mean p(z_i)) ignores their shared mu
+    apart = list(_apart(y, z))
+    assert np.abs(cv.elpd_i.values - apart).max() > 0.1
+
+
+def _apart(y, z):
+    for i in range(6):
+        rest = np.setdiff1d(np.arange(6), [i])
+        precision = 1 / PRIOR_SCALE**2 + len(rest) * (1 / SCALE**2 + 1 / Z_SCALE**2)
+        m = (y[rest].sum() / SCALE**2 + z[rest].sum() / Z_SCALE**2) / precision
+        v = 1 / precision
+        yield stats.norm(m, np.sqrt(v + SCALE**2)).logpdf(y[i]) + stats.norm(m, np.sqrt(v + Z_SCALE**2)).logpdf(z[i])
