@@ -39,7 +39,10 @@ from arviz_stats.loo import SamplingWrapper
 
 from . import _replay
 from ._approx_loo import posterior_loo
+from .fit import fit
+from .handlers import _FixParams
 from .posterior import Posterior, posterior
+from .results import Fit
 
 RowsFn = Callable[[np.ndarray], tuple[tuple, dict]]
 
@@ -48,15 +51,18 @@ _RUN_OPTIONS = ("num_samples", "warmup", "chains", "seed", "sampler", "adaptatio
 
 
 class PyroSamplingWrapper(SamplingWrapper):
-    """arviz-stats' :class:`~arviz_stats.loo.SamplingWrapper` for a :class:`~pyro_mle.Posterior`.
+    """arviz-stats' :class:`~arviz_stats.loo.SamplingWrapper` for a :class:`~pyro_mle.Posterior`
+    or a point fit (:class:`~pyro_mle.Fit`, refitted by :func:`~pyro_mle.fit`: its draws are
+    the one estimate).
 
-    :param post: the posterior on all the data (NUTS, Laplace or VI).
+    :param post: the posterior on all the data (NUTS, Laplace or VI), or a fit.
     :param dt: its DataTree (default: ``to_datatree(post, predictive=False)``).
     :param rows: ``rows(index) -> (args, kwargs)``, the program's arguments for the rows
         ``index`` (see the module docstring); default: row-aligned arguments sliced.
     :param var_name: score one observed site (default: all of them, summed per row).
     :param posterior_kwargs: options of the refits' :func:`~pyro_mle.posterior` calls; by
-        default the posterior's own method, draws, chains, warm-up, seed and engine.
+        default the posterior's own method, draws, chains, warm-up, seed and engine (for a
+        fit: :func:`~pyro_mle.fit`'s, by default its method, optimizer and seed).
 
     ``sel_observations(idx)`` returns ``(rows kept, rows left out)`` as row numbers,
     ``sample(rows)`` the refitted :class:`~pyro_mle.Posterior`, ``get_inference_data`` passes
@@ -73,12 +79,18 @@ class PyroSamplingWrapper(SamplingWrapper):
     ):
         from .datatree import to_datatree
 
-        if not isinstance(post, Posterior):
+        self.point = isinstance(post, Fit)
+        if not isinstance(post, Posterior) and not self.point:
             raise TypeError(
-                f"reloo/kfold: refitting needs a pyro_mle.Posterior (its program and data); got a "
+                f"reloo/kfold: refitting needs a pyro_mle.Posterior or pyro_mle.Fit (its program and data); got a "
                 f"{type(post).__name__}. Run pyro_mle.posterior(model, *args, ...) first."
             )
-        dt = to_datatree(post, predictive=False) if dt is None else dt
+        if self.point and post.model is None:
+            raise ValueError(
+                "kfold: this Fit has no model (it was loaded from a file). Load it with pyro_mle.load(path, "
+                "model=model) and pass the data: dataclasses.replace(fit, args=(x, y))."
+            )
+        dt = to_datatree(post, predictive=False, num_draws=1) if dt is None else dt
         with _replay.param_store_copy(), torch.no_grad():
             tr = _replay.trace_model(_replay.allow_masked_nan(post.model), post.args, post.kwargs)
         self.sites = _scored_sites(tr, dt, var_name)  # variable name → observed site
@@ -93,9 +105,12 @@ class PyroSamplingWrapper(SamplingWrapper):
         first = obs[next(iter(self.sites.values()))]
         self.num_rows = int(first["value"].shape[0]) if first["value"].dim() else 1
         self.rows = rows if rows is not None else _row_slicer(post, obs, self.num_rows)
-        options = {k: post.info[k] for k in _RUN_OPTIONS if k in post.info}
-        options["num_samples"] = post.num_draws
-        self.posterior_kwargs = {"method": post.method, **options, **dict(posterior_kwargs or {})}
+        if self.point:
+            options = {"method": post.method, "optimizer": post.optimizer, "seed": post.seed, "progress": False}
+        else:
+            options = {k: post.info[k] for k in _RUN_OPTIONS if k in post.info}
+            options.update(method=post.method, num_samples=post.num_draws)
+        self.posterior_kwargs = {**options, **dict(posterior_kwargs or {})}
 
     # -- the four methods arviz-stats calls
     def sel_observations(self, idx: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +121,10 @@ class PyroSamplingWrapper(SamplingWrapper):
     def sample(self, modified_observed_data: np.ndarray) -> Posterior:
         args, kwargs = self._arguments(modified_observed_data)
         try:
+            if self.point:
+                # a refit's pyro.param values live in a copy of the store; they are kept in the Fit
+                with _replay.param_store_copy():
+                    return fit(self.post.model, *args, **self.posterior_kwargs, **kwargs)
             return posterior(self.post.model, *args, **self.posterior_kwargs, **kwargs)
         except (ValueError, RuntimeError) as e:
             sliced = getattr(self.rows, "sliced", None)
@@ -117,17 +136,25 @@ class PyroSamplingWrapper(SamplingWrapper):
                 "cut another way, pass rows=lambda idx: (args, kwargs)."
             ) from e
 
-    def get_inference_data(self, fitted_model: Posterior) -> Posterior:
-        return fitted_model  # log_likelihood__i reads the draws from the Posterior itself
+    def get_inference_data(self, fitted_model: Posterior | Fit) -> Posterior | Fit:
+        return fitted_model  # log_likelihood__i reads the draws from the result itself
 
-    def log_likelihood__i(self, excluded_obs: np.ndarray, idata__i: Posterior) -> xr.DataArray:
+    def log_likelihood__i(self, excluded_obs: np.ndarray, idata__i: Posterior | Fit) -> xr.DataArray:
         args, kwargs = self._arguments(excluded_obs)
+        model = self.post.model
+        if self.point:  # one draw, the estimate; its pyro.param values fixed as fitted
+            draws = {k: torch.as_tensor(idata__i.params[k]).detach()[None] for k in idata__i.latent}
+            fixed = {k: v for k, v in idata__i.params.items() if k not in idata__i.latent}
+            model = _FixParams(fixed)(model) if fixed else model
+            c, d = 1, 1
+        else:
+            draws, c, d = idata__i.flat_samples(), idata__i.num_chains, idata__i.num_draws
         # the values obs_mask imputed for the refit's masked rows do not enter the log-likelihood of
         # observed rows, and have another shape on the held-out rows
         imputed = {f"{v}_unobserved" for v, site in self.sites.items() if site != v}
-        draws = {k: v for k, v in idata__i.flat_samples().items() if k not in imputed}
+        draws = {k: v for k, v in draws.items() if k not in imputed}
         with _replay.param_store_copy(), torch.no_grad():
-            model = _replay.allow_masked_nan(self.post.model)
+            model = _replay.allow_masked_nan(model)
             ll, _ = _replay.pointwise_log_likelihood(model, draws, args, kwargs, sites=list(self.sites.values()))
         total = sum(ll[s] for s in self.sites.values())
         total = total.reshape(total.shape[0], -1)
@@ -137,7 +164,6 @@ class PyroSamplingWrapper(SamplingWrapper):
                 f"values for {list(self.sites)}, not one per row. Give rows=lambda idx: (args, kwargs) that returns "
                 "the program's arguments for exactly those rows."
             )
-        c, d = idata__i.num_chains, idata__i.num_draws
         values = total.reshape(c, d, -1).double().cpu().numpy()
         return xr.DataArray(values, dims=("chain", "draw", self.obs_dim), coords={self.obs_dim: excluded_obs})
 
@@ -182,6 +208,12 @@ def reloo(
     """
     import arviz_stats as azs
 
+    if isinstance(post, Fit):
+        raise TypeError(
+            "reloo: a point fit has no Pareto k to single out rows (its draws are one estimate, repeated). "
+            "Cross-validate it by refitting with pyro_mle.kfold(fit, k=...), or draw a posterior with "
+            "pyro_mle.posterior(model, *args) and reloo that."
+        )
     wrapper = PyroSamplingWrapper(post, dt, rows, var_name, posterior_kwargs)
     if loo_orig is None:
         with warnings.catch_warnings():
@@ -192,7 +224,7 @@ def reloo(
 
 
 def kfold(
-    post: Posterior,
+    post: Posterior | Fit,
     k: int = 10,
     dt: xr.DataTree | None = None,
     *,
@@ -213,7 +245,11 @@ def kfold(
     others by :func:`~pyro_mle.posterior` and ``elpd_i = log mean_s p(y_i | θ_s)`` is computed
     for the fold's observations. ``k`` equal to the number of observations is exact LOO.
 
-    :param post: the posterior on all the data.
+    A point fit (:class:`~pyro_mle.Fit`) is refitted by :func:`~pyro_mle.fit` (same method,
+    optimizer and seed), and ``elpd_i = log p(y_i | θ̂ without the fold)``: the honest
+    out-of-sample score of MLE and MAP, where PSIS-LOO has no draws to weight.
+
+    :param post: the posterior on all the data, or a fit.
     :param k: the number of folds.
     :param rows: ``rows(index) -> (args, kwargs)`` as in :func:`reloo`.
     :param seed: seed of the random fold assignment (ArviZ's; the refits use the posterior's).

@@ -99,10 +99,49 @@ def test_high_pareto_k_advice_names_reloo(post):
     assert "pyro_mle.reloo" in message and "pyro_mle.kfold" in message and "rows [7]" in message
 
 
-def test_a_point_fit_is_refused_with_the_fix():
-    fit = pyro_mle.fit(model, Y, method="map")
-    with pytest.raises(TypeError, match="pyro_mle.posterior"):
+def test_reloo_refuses_a_point_fit_and_names_kfold():
+    fit = pyro_mle.fit(model, Y, method="map", progress=False)
+    with pytest.raises(TypeError, match=r"pyro_mle.kfold\(fit"):
         pyro_mle.reloo(fit)
+
+
+def test_kfold_of_a_map_fit_scores_the_estimate_without_the_fold():
+    """MAP of the conjugate model is the posterior mean: sum(y_train) / (1/PRIOR_SCALE² + n)."""
+    fit = pyro_mle.fit(model, Y, method="map", progress=False)
+    cv = pyro_mle.kfold(fit, folds=[1, 1, 2, 2, 3, 3, 4, 4])
+    y = Y.numpy()
+    expected = []
+    for f in range(4):
+        test = [2 * f, 2 * f + 1]
+        train = np.setdiff1d(np.arange(8), test)
+        mode = y[train].sum() / (1 / PRIOR_SCALE**2 + len(train))
+        expected.extend(stats.norm(mode, SCALE).logpdf(y[test]))
+    np.testing.assert_allclose(cv.elpd_i.values, expected, rtol=1e-6)
+
+
+def mle_with_param(y):
+    """A pyro.param scale: its fitted value must be the refit's, not the full fit's."""
+    scale = pyro.param("scale", torch.tensor(1.0, dtype=y.dtype), constraint=dist.constraints.positive)
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=y.dtype), PRIOR_SCALE))
+    with pyro.plate("obs", y.shape[0]):
+        pyro.sample("y", dist.Normal(mu, scale), obs=y)
+
+
+def test_kfold_of_an_mle_fit_refits_its_params():
+    y7 = Y[:7]
+    fit = pyro_mle.fit(mle_with_param, y7, method="mle", progress=False)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    cv = pyro_mle.kfold(fit, k=7)  # one row per fold: leave-one-out
+    y = y7.numpy()
+    expected = [
+        stats.norm(np.delete(y, i).mean(), np.delete(y, i).std()).logpdf(y[i])  # MLE: mean, sd with ddof=0
+        for i in range(7)
+    ]
+    np.testing.assert_allclose(cv.elpd_i.values, expected, rtol=1e-5)
+    after = dict(pyro.get_param_store().items())
+    assert after.keys() == before.keys()  # the refits left the store alone
+    for k, v in before.items():
+        assert torch.equal(after[k].detach(), v), k
 
 
 Z = torch.tensor([0.9, -1.1, 1.6, 0.0, -1.5, 0.2], dtype=torch.float64)  # moves with y: the rows matter
