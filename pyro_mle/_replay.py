@@ -29,6 +29,9 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.func import vmap
+
+from ._validation import validation
 
 
 @contextlib.contextmanager
@@ -234,13 +237,10 @@ def _vmapped(model, draws, args, kwargs, value_of, shapes, tr0):
     once per chunk on batched tensors that look to it like one draw, so ``X @ w`` works
     unchanged. Raises when the program cannot run batched (a Python branch on a latent's
     value, ``.item()``, an op without a batching rule, a random draw inside)."""
-    from torch.func import vmap
 
     def one_draw(data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         return tuple(f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items())
-
-    from ._validation import validation
 
     per_draw = sum(s["value"].numel() for s in tr0.nodes.values() if s["type"] in ("sample", "param"))
     chunk = max(1, VMAP_CHUNK_ELEMENTS // max(per_draw, 1))
@@ -282,8 +282,9 @@ def replay_sites(
     broadcast), and a loop over draws. A batched tier's first and last draws are checked
     against single-draw replays; ``how`` says which tier gave the result (``"vectorised"``,
     ``"vmap"`` or ``"loop"``). ``tiers`` restricts the batched tiers tried (the loop is
-    always the last resort), for measuring one against another. Latent sites not in ``draws`` keep their values
-    of one run (they are none in a conditioned replay of posterior draws).
+    always the last resort), for measuring one against another. Latent sites not in
+    ``draws`` keep their values of one run (they are none in a conditioned replay of
+    posterior draws).
     """
     kwargs = dict(kwargs)
     tr0 = tr0 if tr0 is not None else trace_model(model, args, kwargs)
@@ -305,7 +306,6 @@ def replay_sites(
 
     with torch.no_grad():
         if draws and "vectorised" in tiers:
-            num = next(iter(draws.values())).shape[0]
             try:
                 tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=False)
                 out = _sites_out(tr, value_of, num, shapes, lambda s: value_of[s["name"]](s))
