@@ -16,6 +16,7 @@ from .fit import fit
 from .likelihoods import empirical_kl
 from .objective import PointObjective, init_to_centre, objective
 from .posterior import Posterior, posterior
+from .reloo import kfold, reloo
 from .results import (
     ConvergenceWarning,
     Fit,
@@ -63,10 +64,12 @@ __all__ = [
     "fit_distributed",
     "handlers",
     "likelihoods",
+    "kfold",
     "load",
     "loo_pit",
     "optim",
     "posterior",
+    "reloo",
     "to_datatree",
     "validation",
     "validation_enabled",

@@ -53,10 +53,20 @@ def _name_rest(name: str, site: dict, names: list) -> list[str]:
     return [n if n is not None else f"{name}_dim_{next(unnamed)}" for n in names]
 
 
+def _signature(model: Callable) -> inspect.Signature:
+    """The signature the program is called with: a ``PyroModule`` (or any ``nn.Module``,
+    also under Pyro's handlers) is called through ``forward``, whose parameters name the
+    arguments; ``Module.__call__`` itself only says ``(*args, **kwargs)``."""
+    fn = inspect.unwrap(model)
+    if isinstance(fn, torch.nn.Module):
+        fn = fn.forward
+    return inspect.signature(fn)
+
+
 def _constant_data(model: Callable, args: tuple, kwargs: Mapping[str, Any], obs: dict) -> dict[str, torch.Tensor]:
     """Tensor arguments of the program that are not one of its observed values."""
     try:
-        bound = inspect.signature(model).bind(*args, **kwargs)
+        bound = _signature(model).bind(*args, **kwargs)
     except (TypeError, ValueError):
         return {}
     observed = [s["value"] for s in obs.values()] + [

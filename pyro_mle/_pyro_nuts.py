@@ -66,7 +66,9 @@ class _RecordingNUTS(NUTS):
             n = self._t - self._warmup_steps
             r = self.records
             r["diverging"].append(len(self._divergences) > n_div)
-            r["acceptance_rate"].append(n * self._mean_accept_prob - (n - 1) * (mean_before if n > 1 else 0.0))
+            # a probability: the difference of running means can leave [0, 1] by rounding
+            accept = n * self._mean_accept_prob - (n - 1) * (mean_before if n > 1 else 0.0)
+            r["acceptance_rate"].append(min(1.0, max(0.0, float(accept))))
             r["step_size"].append(float(self.step_size))
             r["tree_depth"].append(self._depth)
             r["n_steps"].append(self._steps)

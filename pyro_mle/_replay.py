@@ -2,9 +2,10 @@
 pointwise log-likelihood, and posterior predictive draws.
 
 Replaying many draws at once needs the program to broadcast over an extra leading plate;
-programs written with ``X @ w`` for a weight vector ``w`` do not. Every function here tries
-the vectorised replay first and falls back to a loop over draws, and says which it used, so
-no result is ever silently missing.
+programs written with ``X @ w`` for a weight vector ``w`` do not, but run unchanged under
+:func:`torch.func.vmap` over the draws. Every function here tries the broadcast replay first,
+then (for values computed from the latents, not drawn) vmap, and falls back to a loop over
+draws, and says which it used, so no result is ever silently missing.
 
 Site roles: a ``pyro.deterministic`` site (a ``Delta`` observed at its own value) and a
 ``pyro.factor`` site (a ``Unit`` distribution) are sample sites to Pyro but neither a latent
@@ -28,6 +29,9 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.func import vmap
+
+from ._validation import validation
 
 
 @contextlib.contextmanager
@@ -220,6 +224,37 @@ def _vectorised(model, draws, args, kwargs, tr0, resample_observed):
     return tr, num, nesting
 
 
+#: the ways of replaying many draws, fastest first (see :func:`replay_sites`)
+TIERS = ("vectorised", "vmap", "loop")
+
+#: upper bound on the elements one chunk of a vmapped replay holds per site value (float64:
+#: 128 MiB), so thousands of draws of a large program do not materialise at once
+VMAP_CHUNK_ELEMENTS = 2**24
+
+
+def _vmapped(model, draws, args, kwargs, value_of, shapes, tr0):
+    """``value_of`` of every draw by :func:`torch.func.vmap` over the draws: the program runs
+    once per chunk on batched tensors that look to it like one draw, so ``X @ w`` works
+    unchanged. Raises when the program cannot run batched (a Python branch on a latent's
+    value, ``.item()``, an op without a batching rule, a random draw inside)."""
+
+    def one_draw(data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        return tuple(f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items())
+
+    per_draw = sum(s["value"].numel() for s in tr0.nodes.values() if s["type"] in ("sample", "param"))
+    chunk = max(1, VMAP_CHUNK_ELEMENTS // max(per_draw, 1))
+    # input checks branch on values (``if bad.any(): raise``), which vmap cannot batch; the data
+    # were checked by the program's first run, and a NaN the checks would have named sends the
+    # caller to the loop, which runs them
+    with validation(False), pyro.validation_enabled(False):
+        values = vmap(one_draw, randomness="error", chunk_size=chunk)(dict(draws))
+    out = dict(zip(value_of, values))
+    if any(bool(torch.isnan(v).any()) for v in out.values() if v.is_floating_point()):
+        raise ValueError("vmapped replay gave NaN: the loop names the draw with its checks on")
+    return out
+
+
 def _sites_out(tr, names, num, shape_of, value_of):
     out = {}
     for name in names:
@@ -238,13 +273,18 @@ def replay_sites(
     kwargs: Mapping[str, Any],
     value_of: Mapping[str, Callable[[dict], torch.Tensor]],
     tr0: poutine.Trace | None = None,
+    tiers: Sequence[str] = TIERS,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``value_of[name](site)`` for every draw: ``({name: (S, *shape in one run)}, how)``.
 
-    Tries the vectorised replay (one run under an extra plate), checks its first and last
-    draws against single-draw replays, and falls back to a loop over draws; ``how`` says
-    which (``"vectorised"`` or ``"loop"``). Latent sites not in ``draws`` keep their values
-    of one run (they are none in a conditioned replay of posterior draws).
+    Tries three tiers, fastest first: the broadcast replay (one run under an extra plate),
+    :func:`torch.func.vmap` over the draws (programs written ``X @ w``, which do not
+    broadcast), and a loop over draws. A batched tier's first and last draws are checked
+    against single-draw replays; ``how`` says which tier gave the result (``"vectorised"``,
+    ``"vmap"`` or ``"loop"``). ``tiers`` restricts the batched tiers tried (the loop is
+    always the last resort), for measuring one against another. Latent sites not in
+    ``draws`` keep their values of one run (they are none in a conditioned replay of
+    posterior draws).
     """
     kwargs = dict(kwargs)
     tr0 = tr0 if tr0 is not None else trace_model(model, args, kwargs)
@@ -256,20 +296,30 @@ def replay_sites(
         tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         return {n: f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items()}
 
+    def agrees(out: dict[str, torch.Tensor], num: int) -> bool:
+        # guard against a batched run that fits the shape but not the meaning
+        for i in {0, num - 1}:
+            single = one(i)
+            if not all(torch.allclose(out[n][i], single[n], rtol=1e-5, atol=1e-6, equal_nan=True) for n in value_of):
+                return False
+        return True
+
     with torch.no_grad():
-        if draws:
+        if draws and "vectorised" in tiers:
             try:
                 tr, num, _ = _vectorised(model, draws, args, kwargs, tr0, resample_observed=False)
                 out = _sites_out(tr, value_of, num, shapes, lambda s: value_of[s["name"]](s))
-                # guard against a broadcast that fits the shape but not the meaning
-                for i in {0, num - 1}:
-                    single = one(i)
-                    if not all(
-                        torch.allclose(out[n][i], single[n], rtol=1e-5, atol=1e-6, equal_nan=True) for n in value_of
-                    ):
-                        raise ValueError("vectorised replay disagrees with a single-draw replay")
-                return out, "vectorised"
-            except Exception:  # noqa: BLE001 - any failure of the vectorised path means: loop
+                if agrees(out, num):
+                    return out, "vectorised"
+            except Exception:  # noqa: BLE001 - any failure of the broadcast path means: next tier
+                pass
+        if draws and "vmap" in tiers:
+            num = next(iter(draws.values())).shape[0]
+            try:
+                out = _vmapped(model, draws, args, kwargs, value_of, shapes, tr0)
+                if agrees(out, num):
+                    return out, "vmap"
+            except Exception:  # noqa: BLE001 - data-dependent control flow, unsupported ops: loop
                 pass
         num = next(iter(draws.values())).shape[0] if draws else 1
         per_draw = [one(i) for i in range(num)]
@@ -287,16 +337,17 @@ def pointwise_log_likelihood(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     sites: Sequence[str] | None = None,
+    tiers: Sequence[str] = TIERS,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Log-likelihood of every observed value under every draw.
 
     ``draws`` maps latent site names to tensors with one leading draw dimension S. Returns
-    ``({site: (S, *batch_shape)}, "vectorised" | "loop")``: the log-density of each
+    ``({site: (S, *batch_shape)}, "vectorised" | "vmap" | "loop")``: the log-density of each
     observation (event dims summed, masked observations 0, no subsampling scale), and how
     it was computed. Discrete latent sites without draws are summed out by enumeration
     (:mod:`pyro_mle._enumeration`): the marginal log-likelihood, ``how`` then starting
     ``"enumerated"``. ``sites`` picks the sites (default: every observed site; a
-    ``pyro.factor`` site may be named too).
+    ``pyro.factor`` site may be named too). ``tiers``: as in :func:`replay_sites`.
     """
     kwargs = dict(kwargs or {})
     tr0 = trace_model(model, args, kwargs)
@@ -313,7 +364,7 @@ def pointwise_log_likelihood(
         from . import _enumeration
 
         return _enumeration.pointwise_log_likelihood(model, draws, args, kwargs, names, discrete, tr0)
-    return replay_sites(model, draws, args, kwargs, {n: _site_log_lik for n in names}, tr0)
+    return replay_sites(model, draws, args, kwargs, {n: _site_log_lik for n in names}, tr0, tiers)
 
 
 def deterministic_draws(

@@ -314,7 +314,8 @@ def compare_likelihoods(
     Each model must observe the same data with its own likelihood (``Normal`` against
     ``StudentT``, say); the ranking says which loss generalises best. Pareto k > 0.7 and
     sampling problems are emitted as :class:`~pyro_mle.DiagnosticWarning` and kept in
-    ``warnings``.
+    ``warnings``; :func:`pyro_mle.reloo` refits a model's posterior without each such row
+    (``pyro_mle.reloo(result.posteriors[name])``), :func:`pyro_mle.kfold` runs K-fold CV.
 
     :param models: name → Pyro program, all called as ``model(*args, **kwargs)``.
     :param method: posterior method (``"nuts"`` by default; see :func:`~pyro_mle.posterior`).

@@ -16,7 +16,11 @@ Dimension names come from the program's plates: an observed site inside
 
 A point estimate (:class:`pyro_mle.Fit`) becomes a posterior whose ``num_draws`` draws all
 equal the estimate, with real predictive draws from the likelihood at the estimate, so
-posterior predictive checks and LOO-PIT work on MLE and MAP too.
+posterior predictive checks work on MLE and MAP too; the root and each group drawn from the
+estimate carry ``attrs["point_estimate"] = "mle"`` (or ``"map"``). Identical draws are no
+sample: ArviZ's ``loo``, ``loo_pit`` and ``plot_loo_pit`` stop on them ("All tail values are
+the same"; :func:`loo_pit` here gives the plug-in LOO-PIT), and ``summary``'s ess_bulk of
+``num_draws`` counts copies of one value, not information (its sd is 0, r-hat NaN).
 
 The predictive draws (and a subsampling plate's rows) come from ``seed`` inside
 :func:`pyro_mle._rng.rng_scope`: the same seed gives the same tree, and the caller's global
@@ -120,11 +124,27 @@ def to_datatree(
         _stacking.stack_tree(dt, _stacking.resolve(stack, _tree_names(dt)))
         if not stack:
             _stacking.hint(dt["observed_data"].data_vars if "observed_data" in dt.children else ())
+        _mark_point_estimate(dt)
         return dt
 
 
 def _tree_names(dt):
     return [n for child in dt.children.values() for n in child.data_vars]
+
+
+#: the groups of a point fit's tree whose draws come from the estimate (all identical in
+#: ``posterior`` and ``log_likelihood``; real likelihood draws at the estimate in the others)
+POINT_ESTIMATE_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "predictions")
+
+
+def _mark_point_estimate(dt: xr.DataTree) -> None:
+    """A point fit's tree says so on each group ArviZ reads draws from, not only at the root:
+    ``attrs["point_estimate"] = "mle"`` (or ``"map"``), so code handed one group can tell."""
+    method = dt.attrs.get("point_estimate")
+    if method:
+        for name in POINT_ESTIMATE_GROUPS:
+            if name in dt.children:
+                dt.children[name].attrs["point_estimate"] = method
 
 
 def _prediction_inputs(predictions, pred_kwargs):
@@ -414,7 +434,8 @@ def _unpack_fit(fit: Any, num_draws: int):
         **_LIBRARY,
         "method": getattr(fit, "method", "point"),
         "created_by": "pyro_mle",
-        "point_estimate": 1,
+        # every group drawn from the estimate carries it too (see _mark_point_estimate)
+        "point_estimate": str(getattr(fit, "method", "point")),
     }
     return samples, {}, model, args, kwargs, attrs
 
@@ -422,20 +443,30 @@ def _unpack_fit(fit: Any, num_draws: int):
 def loo_pit(dt: xr.DataTree, **kwargs: Any) -> Any:
     """LOO-PIT values (:func:`arviz_stats.loo_pit`) for a posterior *or* a point fit.
 
-    A point fit's DataTree has identical draws, so Pareto smoothing of its importance
-    weights is undefined; its leave-one-out weights are taken as uniform instead, which makes
-    the result the PIT of the plug-in predictive distribution at the estimate. That ignores
-    the estimate's own dependence on the left-out row, so it is optimistic for small data.
+    A point fit's DataTree (``attrs["point_estimate"]``: ``"mle"`` or ``"map"``) has
+    identical draws, so Pareto smoothing of its importance weights is undefined (ArviZ's own
+    ``loo``, ``loo_pit`` and ``plot_loo_pit`` stop with "All tail values are the same"); its
+    leave-one-out weights are taken as uniform instead, which makes the result the PIT of the
+    plug-in predictive distribution at the estimate. That ignores the estimate's own
+    dependence on the left-out row, so it is optimistic for small data. For a posterior tree
+    without event dims this is :func:`arviz_stats.loo_pit` unchanged.
 
     An observation with event dims (a row ``.to_event(1)`` inside a plate: one pointwise
     log-likelihood per row, several values per row) is refused by ArviZ's own
     ``loo_pit``, which needs one pointwise value per observed value; here each value gets the
     leave-its-row-out weights of its row, so the result is the PIT of each component under
     the leave-one-row-out predictive.
+
+    Example::
+
+        pit = pyro_mle.loo_pit(pyro_mle.to_datatree(fit))["y"]   # one value per observation
     """
     import arviz_stats as azs
 
-    point = bool(dt.attrs.get("point_estimate"))
+    point = bool(
+        dt.attrs.get("point_estimate")
+        or ("log_likelihood" in dt.children and dt["log_likelihood"].attrs.get("point_estimate"))
+    )
     events = _event_vars(dt)
     if not point and not events:
         return azs.loo_pit(dt, **kwargs)

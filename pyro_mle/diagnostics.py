@@ -148,7 +148,8 @@ def pareto_k_messages(elpd: Any, label: str = "") -> list[str]:
     return [
         f"{len(bad)} observations{where} have Pareto k > {threshold:.2f} (rows {bad[:10].tolist()}"
         f"{'…' if len(bad) > 10 else ''}, max {values.max():.2f}): PSIS-LOO is unreliable there. "
-        "Those points are highly influential; refit without them (reloo/k-fold) or use a more robust likelihood."
+        "Those points are highly influential: refit without them (pyro_mle.reloo(post) refits once per such row; "
+        "pyro_mle.kfold(post) for K-fold CV) or use a more robust likelihood."
     ]
 
 

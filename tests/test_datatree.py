@@ -62,7 +62,7 @@ def matmul_dt(data):
 def test_log_likelihood_sums_to_the_total_per_draw(model, data):
     X, y, _ = data
     dt = pyro_mle.to_datatree(_run(model, X, y))
-    expected_method = "loop" if model is matmul_model else "vectorised"
+    expected_method = "vmap" if model is matmul_model else "vectorised"
     assert dt.attrs["log_likelihood_method"] == expected_method
     w = dt["posterior"]["w"].values.reshape(-1, D)
     ll = dt["log_likelihood"]["y"].values.reshape(len(w), N)

@@ -210,9 +210,12 @@ class Likelihood:
         t = value if isinstance(value, torch.Tensor) else as_tensor(what, value, torch.float64)
         if not t.dtype.is_floating_point:
             t = t.to(torch.get_default_dtype())
-        check_finite(what, t.detach(), p.link.event_dim, "Pass finite values.")
         self._check_fixed_length(p, t, what)
-        ok = p.link.codomain.check(t.detach())
+        # value checks follow pyro_mle.validation, like the outputs' and y's: a head built inside
+        # torch.func.vmap (the pointwise log-likelihood's vmap tier) cannot branch on values
+        if validation_enabled():
+            check_finite(what, t.detach(), p.link.event_dim, "Pass finite values.")
+        ok = p.link.codomain.check(t.detach()) if validation_enabled() else True
         if not bool(torch.as_tensor(ok).all()):
             raise ValueError(
                 f"{what} must satisfy {p.link.codomain} ({p.doc or p.link.name}); got {t.detach().tolist()}."
