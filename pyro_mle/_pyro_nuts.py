@@ -28,9 +28,12 @@ class SamplerFallbackWarning(UserWarning):
     The draws are right; the run is slower. ``Posterior.info["fallback"]`` records the reason."""
 
 
-def warn_fallback(model: Callable, sampler: str, reason: str) -> None:
+def warn_fallback(model: Callable, sampler: str, reason: str, compile: bool = True) -> None:
     """Say that Pyro's NUTS ran the program interpreted instead of ``sampler`` on a compiled
-    potential, and why (stack level: the caller of :func:`pyro_mle.posterior`)."""
+    potential, and why (stack level: the caller of :func:`pyro_mle.posterior`). Silent for
+    ``sampler="pyro"`` without ``compile``: the interpreted Pyro NUTS is what was asked for."""
+    if sampler == "pyro" and not compile:
+        return
     name = getattr(model, "__name__", model)
     engine = "nutpie cannot sample it" if sampler == "nutpie" else "its potential cannot be compiled"
     warnings.warn(

@@ -198,6 +198,9 @@ def test_a_discrete_latent_falls_back_to_pyro_with_a_warning_and_the_right_poste
         post = pyro_mle.posterior(_global_switch, y, num_samples=250, warmup=150, chains=1, seed=0, diagnose=False)
     assert post.info["sampler"] == "pyro" and post.info["route"] == "interpreted"
     assert "discrete latent sites ['z']" in post.info["fallback"]
+    with warnings.catch_warnings():  # Pyro's interpreted NUTS asked for: nothing to warn about
+        warnings.simplefilter("error", pyro_mle.SamplerFallbackWarning)
+        pyro_mle.posterior(_global_switch, y, sampler="pyro", jit=False, num_samples=5, warmup=5, diagnose=False)
     # closed form: mu | z, y is Normal(m_z, v); z | y from the marginal y | z ~ N(SHIFT z 1, I + 11')
     n, yn = len(y), y.numpy()
     v = 1 / (1 + n)
