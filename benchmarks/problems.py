@@ -8,9 +8,9 @@ import torch
 
 from pyro_mle import likelihoods as L
 
-from .datasets import D, logistic, logistic_nuts_data
+from .datasets import SCHOOLS_SD, SCHOOLS_Y, D, logistic, logistic_nuts_data
 
-__all__ = ["D", "logistic", "logistic_nuts_data"]  # re-exported: the problems in one place
+__all__ = ["D", "SCHOOLS_SD", "SCHOOLS_Y", "logistic", "logistic_nuts_data"]  # re-exported: the problems in one place
 
 
 def linear_gaussian(n: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +40,15 @@ def bayesian_logistic_model(x: torch.Tensor, y: torch.Tensor | None = None) -> N
     w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1], dtype=x.dtype), 1.0).to_event(1))
     b = pyro.sample("b", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
     L.Bernoulli()("y", x @ w + b, obs=y)
+
+
+def eight_schools_noncentred(sd: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """Rubin's eight schools, non-centred: theta = mu + tau·eta (NumPyro's process runs the same)."""
+    mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=sd.dtype), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(torch.full((), 5.0, dtype=sd.dtype)))
+    with pyro.plate("school", sd.shape[0]):
+        eta = pyro.sample("eta", dist.Normal(torch.zeros((), dtype=sd.dtype), 1.0))
+        pyro.sample("y", dist.Normal(mu + tau * eta, sd), obs=y)
 
 
 def network_model(net: torch.nn.Module):

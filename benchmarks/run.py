@@ -25,10 +25,12 @@ medians and their ratio against the target of issue 6:
   scikit-learn's ``LogisticRegression(C=inf)`` (L-BFGS), both stopping on the same test
   (largest gradient entry of the mean loss ≤ 1e-7), both checked within 1e-5 of a tight fit;
   first and repeated fits as for ``lstsq``.
-* ``nuts``: Bayesian logistic regression (N = 1000, D = 10, 500 warm-up + 500 draws, one chain):
-  :func:`pyro_mle.posterior` against raw Pyro NUTS with ``jit_compile=True`` (wall time), and,
-  when NumPyro is installed (``pip install -e .[bench]``), effective sample size per second
-  against NumPyro in a fresh process (compilation included, imports not).
+* ``nuts``: smallest bulk effective sample size per CPU-second, 500 warm-up + 500 draws,
+  ``--chains`` (default 1) on every side, of :func:`pyro_mle.posterior` (nutpie) against raw
+  Pyro NUTS with ``jit_compile=True`` (what ``posterior`` ran before nutpie) and, when NumPyro
+  is installed (``pip install -e .[bench]``), NumPyro's first run in a fresh process
+  (compilation included, imports not), on Bayesian logistic regression (N = 1000, D = 10 and
+  N = 10⁴, D = 50) and the non-centred eight schools (:func:`nuts`).
 * ``streaming``: a fit on 10⁵, 10⁶, 10⁷ rows memory-mapped from ``.npy`` files in minibatches
   of 10⁴ (a fresh process per size): rows per second and peak memory.
 * ``csv``: reading 10⁶ rows x 3 columns of CSV (:mod:`benchmarks.csv_read`) against
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import math
@@ -353,81 +356,189 @@ def _min_ess(draws: dict[str, np.ndarray]) -> float:
     return worst
 
 
-def nuts(repeats: int, numpyro_repeats: int, env: dict[str, str]) -> list[Row]:
+@dataclass(frozen=True)
+class NutsProblem:
+    """A posterior of the NUTS rows: the Pyro program, its data, and the NumPyro process's flags."""
+
+    label: str
+    model: Callable
+    args: tuple
+    numpyro_flags: tuple[str, ...]
+    targets: dict[str, str]  # side → target of ours / side ("numpyro", "pyro")
+
+
+def nuts_problems(only_small: bool = False) -> list[NutsProblem]:
+    def logistic(rows: int, features: int) -> NutsProblem:
+        X, Y = problems.logistic_nuts_data(rows=rows, features=features)
+        size = f"N=10^{round(math.log10(rows))} D={features}" if rows > 1000 else f"N={rows} D={features}"
+        return NutsProblem(
+            f"logistic {size}",
+            problems.bayesian_logistic_model,
+            (torch.as_tensor(X), torch.as_tensor(Y)),
+            ("--problem", "logistic", "--rows", str(rows), "--features", str(features)),
+            {"numpyro": ">= 2.5", "pyro": ">= 3"},
+        )
+
+    schools = NutsProblem(
+        "eight schools non-centred",
+        problems.eight_schools_noncentred,
+        (torch.as_tensor(problems.SCHOOLS_SD), torch.as_tensor(problems.SCHOOLS_Y)),
+        ("--problem", "schools"),
+        {"numpyro": ">= 1"},
+    )
+    out = [logistic(1000, 10), schools]
+    return out if only_small else out + [logistic(10_000, 50)]
+
+
+def _timed(fn: Callable[[], dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Wall and CPU seconds (this process, every thread: nutpie's and torch's) of one run, and
+    its smallest bulk ESS."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    draws = fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"wall_s": wall, "cpu_s": cpu, "min_bulk_ess": _min_ess(draws)}
+
+
+def nuts(repeats: int, env: dict[str, str], chains: int = 1, quick: bool = False, low_rank: bool = True) -> list[Row]:
+    """NUTS min-bulk ESS per CPU-second (500 warm-up + 500 draws, ``chains`` chains on every side).
+
+    Sides, interleaved in this process with a rotating order, seeds 0 … repeats−1:
+    pyro_mle (nutpie, ``adaptation="diag"``; and ``"low_rank"`` for context), and raw Pyro NUTS
+    with ``jit_compile=True`` (what ``posterior`` ran before nutpie; ``sampler="pyro"`` today
+    runs the same engine on the checked potential). Every pyro_mle call traces, checks and
+    compiles its potential: that cost is in its time. Each problem's first call is run before
+    the timed ones and recorded as ``first_call`` in the details (after ``import nutpie``, whose
+    CPU time is recorded apart, as NumPyro's imports are).
+    NumPyro runs in a fresh process per repeat, its time from building the sampler (JIT
+    compilation included, imports not).
+
+    CPU time, not wall time: the shared machine's load moves wall times by 2–5× between runs;
+    the CPU seconds a run consumed hardly depend on it (wall times are in the details).
+    """
     from pyro.infer import MCMC, NUTS
 
-    X, Y = problems.logistic_nuts_data()
-    x, y = torch.as_tensor(X), torch.as_tensor(Y)
-
-    def raw() -> dict[str, np.ndarray]:
-        pyro.set_rng_seed(0)
-        kernel = NUTS(problems.bayesian_logistic_model, jit_compile=True, ignore_jit_warnings=True)
-        mcmc = MCMC(kernel, num_samples=500, warmup_steps=500, num_chains=1, disable_progbar=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace deprecation
-            mcmc.run(x, y)
-        return {k: v.numpy()[None] for k, v in mcmc.get_samples().items()}
-
-    def ours() -> dict[str, np.ndarray]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pyro_mle.DiagnosticWarning)
-            post = pyro_mle.posterior(
-                problems.bayesian_logistic_model, x, y, num_samples=500, warmup=500, chains=1, seed=0, progress=False
-            )
-        return {k: v.numpy() for k, v in post.samples.items()}
-
-    times, out = interleaved({"raw": raw, "ours": ours}, repeats)
-    rows = [
-        Row(
-            "NUTS 500+500, logistic N=1000 D=10",
-            times["ours"],
-            times["raw"],
-            "Pyro NUTS (jit_compile=True)",
-            times["ours"] / times["raw"],
-            "<= 1.05",
-            details={"min_bulk_ess": {"pyro_mle": _min_ess(out["ours"]), "pyro": _min_ess(out["raw"])}},
-        )
-    ]
+    rows: list[Row] = []
     try:
-        import numpyro  # noqa: F401
+        import numpyro
     except ImportError:
-        rows.append(
-            Row("NUTS ESS/s vs NumPyro", math.nan, math.nan, "NumPyro (not installed)", math.nan, ">= 1", "ESS/s")
-        )
-        return rows
-    ours_rate = _min_ess(out["ours"]) / times["ours"]
-    rates, runs = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(numpyro_repeats):
-            path = Path(tmp, f"numpyro{seed}.npz")
-            subprocess.run(
-                [sys.executable, "-m", "benchmarks._numpyro_nuts", str(path), "--seed", str(seed)],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                timeout=600,
-            )
-            with np.load(path) as f:
-                draws = {"w": f["w"][None], "b": f["b"][None]}
-                run_s, import_s = float(f["run_s"]), float(f["import_s"])
-                version = str(f["version"])
-            ess = _min_ess(draws)
-            rates.append(ess / run_s)
-            runs.append({"run_s": run_s, "import_s": import_s, "min_bulk_ess": ess})
-    numpyro_rate = statistics.median(rates)
-    rows.append(
-        Row(
-            "NUTS ESS/s, logistic N=1000 D=10",
-            ours_rate,
-            numpyro_rate,
-            f"NumPyro {version} (fresh process)",
-            ours_rate / numpyro_rate,
-            ">= 1",
-            unit="ESS/s",
-            details={"pyro_mle_s": times["ours"], "numpyro_runs": runs},
-        )
-    )
+        numpyro = None
+    # imports are left out on every side (NumPyro's process times them apart); nutpie's pulls in
+    # ArviZ with its plotting stack
+    cpu = time.process_time()
+    import nutpie  # noqa: F401
+
+    import_cpu_s = time.process_time() - cpu
+    for problem in nuts_problems(only_small=quick):
+
+        def raw(seed: int, problem=problem) -> dict[str, np.ndarray]:
+            pyro.set_rng_seed(seed)
+            kernel = NUTS(problem.model, jit_compile=True, ignore_jit_warnings=True)
+            mcmc = MCMC(kernel, num_samples=500, warmup_steps=500, num_chains=chains, disable_progbar=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace deprecation
+                mcmc.run(*problem.args)
+            samples = mcmc.get_samples(group_by_chain=True)
+            return {k: v.numpy() for k, v in samples.items()}
+
+        def ours(seed: int, adaptation: str = "diag", problem=problem) -> dict[str, np.ndarray]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pyro_mle.DiagnosticWarning)
+                post = pyro_mle.posterior(
+                    problem.model,
+                    *problem.args,
+                    num_samples=500,
+                    warmup=500,
+                    chains=chains,
+                    seed=seed,
+                    progress=False,
+                    adaptation=adaptation,
+                )
+            return {k: v.numpy() for k, v in post.samples.items()}
+
+        sides: dict[str, Callable[[int], dict[str, np.ndarray]]] = {"ours": ours}
+        if low_rank:
+            sides["ours_low_rank"] = lambda seed, ours=ours: ours(seed, "low_rank")
+        if "pyro" in problem.targets:
+            sides["pyro"] = raw
+        first_call = _timed(lambda: ours(10_000))  # untimed warm-up of the side; recorded
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        names = list(sides)
+        for r in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                runs[name].append(_timed(functools.partial(sides[name], r)))
+        if numpyro is not None:
+            runs["numpyro"] = _numpyro_runs(problem, repeats, chains, env)
+
+        rate = functools.partial(_rate, runs)
+        details = {
+            "chains": chains,
+            "warmup": 500,
+            "draws": 500,
+            "runs": runs,
+            "first_call": first_call,
+            "nutpie_import_cpu_s": import_cpu_s,
+            "median_wall_s": {k: statistics.median(x["wall_s"] for x in v) for k, v in runs.items()},
+            "median_cpu_s": {k: statistics.median(x["cpu_s"] for x in v) for k, v in runs.items()},
+        }
+        references = {"pyro": "Pyro NUTS (jit_compile=True)"}
+        if numpyro is not None:
+            references["numpyro"] = f"NumPyro {numpyro.__version__} (fresh process)"
+        for side, target in problem.targets.items():
+            if side not in runs:
+                rows.append(
+                    Row(
+                        f"NUTS ESS/CPU-s, {problem.label}",
+                        math.nan,
+                        math.nan,
+                        "NumPyro (not installed)",
+                        math.nan,
+                        target,
+                        "ESS/s",
+                    )
+                )
+                continue
+            for mine, suffix, tgt in (("ours", "", target), ("ours_low_rank", ", low_rank", "")):
+                if mine not in runs:
+                    continue
+                rows.append(
+                    Row(
+                        f"NUTS ESS/CPU-s, {problem.label}{suffix}",
+                        rate(mine),
+                        rate(side),
+                        references[side],
+                        rate(mine) / rate(side),
+                        tgt,
+                        unit="ESS/s",
+                        details=details,
+                    )
+                )
     return rows
+
+
+def _rate(runs: dict[str, list[dict[str, Any]]], name: str) -> float:
+    """Median over the repeats of the smallest bulk ESS per CPU-second."""
+    return statistics.median(run["min_bulk_ess"] / run["cpu_s"] for run in runs[name])
+
+
+def _numpyro_runs(problem: NutsProblem, repeats: int, chains: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(repeats):
+            path = Path(tmp, f"numpyro{seed}.npz")
+            command = [sys.executable, "-m", "benchmarks._numpyro_nuts", str(path), "--seed", str(seed)]
+            command += [*problem.numpyro_flags, "--chains", str(chains)]
+            subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=900)
+            with np.load(path) as f:
+                draws = {k: f[k] for k in f.files if k not in ("run_s", "cpu_s", "import_s", "version")}
+                out.append(
+                    {
+                        "wall_s": float(f["run_s"]),
+                        "cpu_s": float(f["cpu_s"]),
+                        "import_s": float(f["import_s"]),
+                        "min_bulk_ess": _min_ess(draws),
+                    }
+                )
+    return out
 
 
 # --------------------------------------------------------------------------- streaming
@@ -534,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, help="timed repeats per comparison (default 5, quick 3)")
     parser.add_argument("--threads", type=int, help="torch and BLAS threads (default: the libraries' own)")
+    parser.add_argument("--chains", type=int, default=1, help="NUTS chains on every side of the nuts rows (default 1)")
     args = parser.parse_args(argv)
     only = set(args.only or ["adam", "adam-load", "lstsq", "logistic", "nuts", "streaming", "csv"])
     repeats = args.repeats or (3 if args.quick else 5)
@@ -568,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows.append(csv_read(1_000_000, max(1, repeats - 2)))
     if "nuts" in only:
-        rows += nuts(max(1, repeats - 2), 1 if args.quick else 3, env)
+        rows += nuts(3 if args.quick else max(3, repeats), env, chains=args.chains, quick=args.quick)
     if "streaming" in only:
         sizes = [100_000, 1_000_000] + ([] if args.quick else [10_000_000])
         streamed = streaming(sizes, batch=10_000, steps=300, env=env)

@@ -5,6 +5,7 @@ classical loss (least squares, cross-entropy, ...).
 """
 
 from . import data, distributed, handlers, likelihoods, optim
+from ._pyro_nuts import SamplerFallbackWarning
 from ._validation import validation, validation_enabled
 from .compare import Comparison, LikelihoodComparison, compare, compare_likelihoods
 from .compile import TRACE_CACHE, clear_trace_cache
@@ -54,6 +55,7 @@ __all__ = [
     "LikelihoodComparison",
     "MemoryMappedRows",
     "Posterior",
+    "SamplerFallbackWarning",
     "__version__",
     "compare",
     "compare_likelihoods",

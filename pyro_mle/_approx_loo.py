@@ -60,9 +60,11 @@ def _log_densities(post, info, potential_fn, transforms):
     return as_da(log_p), as_da(log_q)
 
 
-def posterior_loo(post: Any, dt: xr.DataTree) -> Any:
+def posterior_loo(post: Any, dt: xr.DataTree, log_densities: tuple[xr.DataArray, xr.DataArray] | None = None) -> Any:
     """PSIS-LOO of a posterior's DataTree: :func:`arviz_stats.loo` for NUTS draws,
-    :func:`arviz_stats.loo_approximate_posterior` for Laplace and VI draws.
+    :func:`arviz_stats.loo_approximate_posterior` for Laplace and VI draws (``log_densities``:
+    :func:`approximation_log_densities` of ``post`` when the caller has them already; they
+    cost one evaluation of the program per draw).
 
     Several observed sites over the same rows are scored leave-one-row-out (their pointwise
     values summed), as :func:`pyro_mle.diagnostics.loo` does. The generic Pareto-k
@@ -83,7 +85,7 @@ def posterior_loo(post: Any, dt: xr.DataTree) -> Any:
             )
         dt = dt.copy()
         dt["log_likelihood"] = xr.DataTree(xr.Dataset({"+".join(names): sum(ll[n] for n in names)}))
-    log_p, log_q = approximation_log_densities(post)
+    log_p, log_q = log_densities if log_densities is not None else approximation_log_densities(post)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
         return azs.loo_approximate_posterior(dt, log_p, log_q)

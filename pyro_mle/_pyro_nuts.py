@@ -10,6 +10,7 @@ own seed spawned from the run's (:func:`pyro_mle._rng.spawn_seeds`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,29 @@ from ._rng import rng_scope, spawn_seeds
 from .potential import Potential, pyro_potential_fn
 
 INIT_TRIES = 100
+
+
+class SamplerFallbackWarning(UserWarning):
+    """NUTS did not run on the requested engine's compiled potential: nutpie cannot take the
+    program (discrete latent sites that Pyro enumerates), so Pyro's NUTS ran it interpreted.
+    The draws are right; the run is slower. ``Posterior.info["fallback"]`` records the reason."""
+
+
+def warn_fallback(model: Callable, sampler: str, reason: str, compile: bool = True) -> None:
+    """Say that Pyro's NUTS ran the program interpreted instead of ``sampler`` on a compiled
+    potential, and why (stack level: the caller of :func:`pyro_mle.posterior`). Silent for
+    ``sampler="pyro"`` without ``compile``: the interpreted Pyro NUTS is what was asked for."""
+    if sampler == "pyro" and not compile:
+        return
+    name = getattr(model, "__name__", model)
+    engine = "nutpie cannot sample it" if sampler == "nutpie" else "its potential cannot be compiled"
+    warnings.warn(
+        f"posterior(sampler={sampler!r}): {engine} ({reason}); Pyro's NUTS ran model {name!r} interpreted "
+        "instead (chains one after another, slower; the draws are exact). post.info['fallback'] records "
+        "the reason; marginalise discrete sites by hand to get the compiled engines' speed.",
+        SamplerFallbackWarning,
+        stacklevel=4,
+    )
 
 
 class _RecordingNUTS(NUTS):
@@ -139,7 +163,17 @@ def sample(
                 mcmc = MCMC(
                     kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=not progress
                 )
-                mcmc.run(*args, **kwargs)
+                try:
+                    mcmc.run(*args, **kwargs)
+                except NotImplementedError as e:
+                    if "subsample" not in str(e):
+                        raise
+                    raise ValueError(
+                        f"posterior(method='nuts'): model {getattr(target, '__name__', target)!r} has a subsampling "
+                        "plate (pyro.plate(..., subsample_size=...)); NUTS needs the log density of all the "
+                        "data, and a minibatch makes it random. Run NUTS without subsample_size (pass the "
+                        "program's batch size as None), or use method='vi', which takes minibatches."
+                    ) from e
                 per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
         stats.append(kernel.records)
     samples = {k: torch.stack([ch[k] for ch in per_chain]) for k in per_chain[0]}

@@ -19,12 +19,14 @@ import pandas as pd
 import torch
 
 from . import _replay
-from ._approx_loo import posterior_loo
+from ._approx_loo import APPROXIMATE_METHODS, approximation_log_densities, posterior_loo
 from ._rng import rng_scope
-from .diagnostics import pareto_k_messages, sampling_messages, warn
+from .diagnostics import PARETO_K_MAX, pareto_k_messages, sampling_messages, warn
 
 POINT_METHODS = ("mle", "map")
 POSTERIOR_METHODS = ("laplace", "vi", "nuts")
+#: methods whose draws are a Markov chain: r-hat, ESS and divergences mean something there only
+MCMC_METHODS = ("nuts",)
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,25 @@ class Comparison:
       * ``datatrees``: method → ArviZ DataTree of that result.
       * ``table``: one row per (parameter element, method): ``estimate`` (point estimate or
         posterior mean), ``sd``, ``lower``/``upper`` (equal-tailed interval of probability
-        ``ci_prob``; NaN for points), ``r_hat``, ``ess_bulk``, ``ess_tail``.
-      * ``methods``: one row per method: ``nll`` (−log-likelihood of the data at the point
-        estimate or at the posterior mean), ``elpd_loo`` and its ``se`` (posterior methods;
-        for Laplace and VI by :func:`arviz_stats.loo_approximate_posterior`, which corrects
-        for the draws coming from the approximation ``q`` rather than the posterior),
-        ``run_time_s``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences``.
+        ``ci_prob``; NaN for points), ``r_hat``, ``ess_bulk``, ``ess_tail`` (NUTS only: Laplace
+        and VI draws are independent draws of a Gaussian, for which r-hat and ESS say nothing
+        about the posterior; NaN there).
+      * ``methods``: one row per method, each with the diagnostics of its own kind (NaN where
+        a column does not apply):
+
+        - ``nll``: −log-likelihood of the data at the point estimate or at the posterior mean;
+        - ``elpd_loo``, ``se``, ``max_pareto_k`` (posterior methods): PSIS-LOO and the largest
+          Pareto k of its pointwise weights; for Laplace and VI by
+          :func:`arviz_stats.loo_approximate_posterior`, which corrects for the draws coming
+          from the approximation ``q`` rather than the posterior;
+        - ``run_time_s``;
+        - ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences``: NUTS;
+        - ``q_pareto_k``: Laplace and VI: the Pareto k of the importance weights ``p/q`` over
+          the draws (Yao et al. 2018, "Yes, but did it work?"); above 0.7 the Gaussian is far
+          from the posterior and its draws are not to be trusted (a :class:`DiagnosticWarning`
+          says so);
+        - ``converged``, ``steps``: MLE and MAP (the optimiser's convergence test and steps) and
+          VI (the ELBO's convergence test and SVI steps, where the run records them).
       * ``ci_prob``: probability of the intervals.
     """
 
@@ -219,18 +234,26 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
                     "nll": float(result.nll),
                     "elpd_loo": math.nan,
                     "se": math.nan,
+                    "max_pareto_k": math.nan,
                     "run_time_s": times[method],
                     "max_r_hat": math.nan,
                     "min_ess_bulk": math.nan,
                     "min_ess_tail": math.nan,
                     "divergences": math.nan,
+                    "q_pareto_k": math.nan,
+                    "converged": bool(result.converged),
+                    "steps": int(result.num_steps),
                 }
             )
             continue
         tree = trees[method]
-        post = tree["posterior"].to_dataset()
-        rhat = azs.rhat(post) if post.sizes["chain"] > 1 else None
-        ess_b, ess_t = azs.ess(post, method="bulk"), azs.ess(post, method="tail")
+        mcmc = method in MCMC_METHODS
+        if mcmc:
+            post = tree["posterior"].to_dataset()
+            rhat = azs.rhat(post) if post.sizes["chain"] > 1 else None
+            ess_b, ess_t = azs.ess(post, method="bulk"), azs.ess(post, method="tail")
+        else:
+            rhat = ess_b = ess_t = None
         for name, draws in result.samples.items():
             flat = draws.reshape((-1,) + draws.shape[2:]).double()
             for label, idx in _labels(name, tuple(draws.shape[2:])):
@@ -244,33 +267,73 @@ def _tables(model, args, kwargs, results, trees, times, ci_prob):
                         "lower": float(np.quantile(x, lo_q)),
                         "upper": float(np.quantile(x, hi_q)),
                         "r_hat": _pick(rhat, name, idx) if rhat is not None else math.nan,
-                        "ess_bulk": _pick(ess_b, name, idx),
-                        "ess_tail": _pick(ess_t, name, idx),
+                        "ess_bulk": _pick(ess_b, name, idx) if mcmc else math.nan,
+                        "ess_tail": _pick(ess_t, name, idx) if mcmc else math.nan,
                     }
                 )
         mean = {k: v.reshape((-1,) + v.shape[2:]).mean(0, keepdim=True) for k, v in result.samples.items()}
         with _replay.param_store_copy(), torch.no_grad():
             ll, _ = _replay.pointwise_log_likelihood(model, mean, args, kwargs)
-        elpd = posterior_loo(result, tree)  # Laplace, VI: corrected for q ≠ p
+        q_k = math.nan
+        if method in APPROXIMATE_METHODS:
+            densities = approximation_log_densities(result)
+            q_k = importance_pareto_k(*densities)
+            warn(_q_pareto_k_messages(q_k, method, densities[0].size))
+            elpd = posterior_loo(result, tree, densities)  # corrected for q ≠ p
+        else:
+            elpd = posterior_loo(result, tree)
         warn(pareto_k_messages(elpd, method))
-        divergences = int(result.sample_stats["diverging"].sum()) if "diverging" in result.sample_stats else math.nan
+        stats = result.sample_stats
+        divergences = int(stats["diverging"].sum()) if mcmc and "diverging" in stats else math.nan
+        vi = method == "vi"
         method_rows.append(
             {
                 "method": method,
                 "nll": -float(sum(v.sum() for v in ll.values())),
                 "elpd_loo": float(elpd.elpd),
                 "se": float(elpd.se),
+                "max_pareto_k": float(np.max(elpd.pareto_k)) if elpd.pareto_k is not None else math.nan,
                 "run_time_s": times[method],
                 "max_r_hat": float(np.nanmax([v.max() for v in rhat.data_vars.values()]))
                 if rhat is not None
                 else math.nan,
-                "min_ess_bulk": float(min(float(v.min()) for v in ess_b.data_vars.values())),
-                "min_ess_tail": float(min(float(v.min()) for v in ess_t.data_vars.values())),
+                "min_ess_bulk": float(min(float(v.min()) for v in ess_b.data_vars.values())) if mcmc else math.nan,
+                "min_ess_tail": float(min(float(v.min()) for v in ess_t.data_vars.values())) if mcmc else math.nan,
                 "divergences": divergences,
+                "q_pareto_k": q_k,
+                "converged": result.info.get("converged", math.nan) if vi else math.nan,
+                "steps": result.info.get("steps", math.nan) if vi else math.nan,
             }
         )
     table = pd.DataFrame(rows).set_index(["parameter", "method"]).sort_index(level=0, sort_remaining=False)
     return table, pd.DataFrame(method_rows).set_index("method")
+
+
+def importance_pareto_k(log_p: Any, log_q: Any) -> float:
+    """The Pareto k of the importance ratios ``p/q`` of draws from an approximation ``q``
+    (PSIS, :func:`arviz_stats.base.array_stats.psislw`): how far ``q`` is from the posterior
+    ``p`` where it matters for expectations (Yao et al. 2018: reliable below 0.5, usable up to
+    0.7, not above). ``log_p`` may lack its normalising constant. Ratios equal to within 1e-6
+    (``q`` is the posterior, as Laplace is for a linear-Gaussian model) have no tail to fit:
+    their k is ``-inf``."""
+    from arviz_stats.base import array_stats
+
+    ratios = (np.asarray(log_p, dtype=np.float64) - np.asarray(log_q, dtype=np.float64)).reshape(-1)
+    if np.ptp(ratios) < 1e-6:
+        return -math.inf
+    _, k = array_stats.psislw(ratios - ratios.max())
+    return float(k)
+
+
+def _q_pareto_k_messages(k: float, method: str, draws: int) -> list[str]:
+    threshold = min(1 - 1 / math.log10(draws), PARETO_K_MAX) if draws > 10 else PARETO_K_MAX
+    if not k > threshold:
+        return []
+    return [
+        f"{method}: the Pareto k of the importance weights p/q over its {draws} draws is {k:.2f} > "
+        f"{threshold:.2f}: the Gaussian approximation is far from the posterior, so its means, intervals and "
+        "LOO are not to be trusted. Use method='nuts'."
+    ]
 
 
 # --------------------------------------------------------------------------- likelihoods

@@ -274,6 +274,7 @@ def _run_nuts(model, args, kwargs, tr, num_samples, warmup, chains, seed, progre
             options["target_accept"],
             options["max_tree_depth"],
         )
+        _pyro_nuts.warn_fallback(model, sampler, refusal, jit)
         return samples, stats, info
     (check_seed, run_seed) = spawn_seeds(seed, 2)
     potential = build_potential(model, args, kwargs, compile=jit, check_seed=check_seed)

@@ -5,6 +5,7 @@ import warnings
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -137,3 +138,54 @@ def test_two_observed_sites_are_scored_leave_one_row_out(data):
     ref = stats.norm(m, SIGMA).logpdf(y.numpy()) + stats.bernoulli(1 / (1 + np.exp(-m))).logpmf(z.numpy())
     total = dt["log_likelihood"]["y"].values.reshape(-1, N) + dt["log_likelihood"]["z"].values.reshape(-1, N)
     np.testing.assert_allclose(total, ref, rtol=1e-8)
+
+
+def test_chain_diagnostics_only_on_nuts_rows(comparison):
+    t, s = comparison.table, comparison.methods
+    assert t.xs("laplace", level="method")[["r_hat", "ess_bulk", "ess_tail"]].isna().all().all()
+    assert np.isfinite(t.xs("nuts", level="method")[["r_hat", "ess_bulk", "ess_tail"]].to_numpy(float)).all()
+    assert s.loc["laplace", ["max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences"]].isna().all()
+    # Laplace is the posterior of a linear-Gaussian model: p/q is constant over the draws
+    assert s.loc["laplace", "q_pareto_k"] == -np.inf and np.isnan(s.loc["nuts", "q_pareto_k"])
+    assert 0 < s.loc["laplace", "max_pareto_k"] < 0.7 and 0 < s.loc["nuts", "max_pareto_k"] < 0.7
+    assert s.loc["mle", "converged"] is True and s.loc["mle", "steps"] >= 1
+
+
+def poisson_rate(y=None):
+    lam = pyro.sample("lam", dist.Gamma(torch.tensor(1.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)))
+    with pyro.plate("rows", y.shape[0]):
+        pyro.sample("y", dist.Poisson(lam), obs=y)
+
+
+@pytest.mark.filterwarnings("ignore::pyro_mle.ConvergenceWarning")  # VI's 300 steps: not the subject
+def test_approximations_report_the_pareto_k_of_their_importance_weights():
+    """Few small counts: the Gamma posterior of a Poisson rate is skewed in log λ, so the
+    Laplace Gaussian misses its left tail. The Pareto k of p/q is checked against PSIS on the
+    closed-form posterior's density at the same draws, and Laplace's (about 0.9) warns."""
+    from arviz_stats.base import array_stats
+
+    y = torch.tensor([0.0, 1.0, 0.0, 2.0], dtype=torch.float64)
+    with pytest.warns(pyro_mle.DiagnosticWarning) as record:
+        cmp = pyro_mle.compare(
+            poisson_rate, y, methods=("laplace", "vi"), posterior_options={"num_samples": 500, "vi_steps": 300}
+        )
+    posterior = stats.gamma(1 + float(y.sum()), scale=1 / (1 + len(y)))
+    for method in ("laplace", "vi"):
+        post = cmp.results[method]
+        lam = post.samples["lam"].reshape(-1).numpy()
+        u = np.log(lam)  # the unconstrained space of q; Jacobian d lam / d u = lam
+        log_p = posterior.logpdf(lam) + u
+        log_q = stats.norm(post.info["loc"].item(), np.sqrt(post.info["covariance"].item())).logpdf(u)
+        _, ref = array_stats.psislw(log_p - log_q - (log_p - log_q).max())
+        assert cmp.methods.loc[method, "q_pareto_k"] == pytest.approx(float(ref), rel=1e-8, abs=1e-10)
+        row = cmp.methods.loc[method]
+        assert row[["max_r_hat", "min_ess_bulk", "min_ess_tail", "divergences"]].isna().all()
+    assert cmp.methods.loc["laplace", "q_pareto_k"] > 0.7
+    assert any(
+        "laplace: the Pareto k of the importance weights p/q over its 1000 draws" in str(w.message) for w in record
+    )
+    # VI's row carries its ELBO convergence where the run records it
+    vi = cmp.results["vi"].info
+    for key in ("converged", "steps"):
+        got = cmp.methods.loc["vi", key]
+        assert (pd.isna(got) and key not in vi) or got == vi[key]

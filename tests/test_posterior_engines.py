@@ -175,3 +175,109 @@ def test_laplace_on_the_centred_funnel_names_the_site_without_a_mode():
     approximation. The error says so and names tau, instead of a raw validation error."""
     with pytest.raises(ValueError, match=r"no mode of the posterior density.*running off.*'tau'"):
         pyro_mle.posterior(eight_schools_centred, SCHOOLS_Y, method="laplace", progress=False)
+
+
+SHIFT = 1.0
+
+
+def _global_switch(y=None):
+    # a discrete latent that Pyro's NUTS enumerates: y_i ~ Normal(mu + SHIFT * z, 1)
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    z = pyro.sample("z", dist.Bernoulli(torch.tensor(0.5, dtype=torch.float64)), infer={"enumerate": "parallel"})
+    with pyro.plate("rows", y.shape[0]):
+        pyro.sample("y", dist.Normal(mu + SHIFT * z, 1.0), obs=y)
+
+
+def test_a_discrete_latent_falls_back_to_pyro_with_a_warning_and_the_right_posterior():
+    from scipy import stats
+
+    y = torch.tensor([0.3, 1.4, 0.9, -0.2, 1.1], dtype=torch.float64)
+    with pytest.warns(
+        pyro_mle.SamplerFallbackWarning, match=r"nutpie cannot sample it \(discrete latent sites \['z'\]"
+    ):
+        post = pyro_mle.posterior(_global_switch, y, num_samples=250, warmup=150, chains=1, seed=0, diagnose=False)
+    assert post.info["sampler"] == "pyro" and post.info["route"] == "interpreted"
+    assert "discrete latent sites ['z']" in post.info["fallback"]
+    with warnings.catch_warnings():  # Pyro's interpreted NUTS asked for: nothing to warn about
+        warnings.simplefilter("error", pyro_mle.SamplerFallbackWarning)
+        pyro_mle.posterior(_global_switch, y, sampler="pyro", jit=False, num_samples=5, warmup=5, diagnose=False)
+    # closed form: mu | z, y is Normal(m_z, v); z | y from the marginal y | z ~ N(SHIFT z 1, I + 11')
+    n, yn = len(y), y.numpy()
+    v = 1 / (1 + n)
+    m = np.array([v * (yn - SHIFT * z).sum() for z in (0, 1)])
+    cov = np.eye(n) + np.ones((n, n))
+    logw = np.array([stats.multivariate_normal(SHIFT * z * np.ones(n), cov).logpdf(yn) for z in (0, 1)])
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    mean, sd = w @ m, np.sqrt(w @ (v + m**2) - (w @ m) ** 2)
+    s = _summary(post, ["mu"])
+    assert abs(s["mean"].item() - mean) < 4 * s["mcse_mean"].item(), (s["mean"].item(), mean)
+    assert abs(s["sd"].item() - sd) < 0.15 * sd, (s["sd"].item(), sd)
+
+
+def test_a_subsampling_plate_is_refused_by_nuts_with_the_fix():
+    def minibatch(y=None):
+        m = pyro.sample("m", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+        with pyro.plate("rows", 40, subsample_size=10) as idx:
+            pyro.sample("y", dist.Normal(m, 1.0), obs=y[idx])
+
+    y = torch.zeros(40, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"'minibatch' has a subsampling plate.*method='vi'"):
+        pyro_mle.posterior(minibatch, y, num_samples=10, warmup=10, chains=1, progress=False)
+
+
+def test_low_rank_adaptation_reaches_nutpie_and_matches_the_closed_form(monkeypatch):
+    """Strongly correlated coefficients (two near-collinear columns): the conjugate posterior
+    N(m, S) is known exactly; nutpie's low-rank adaptation must have run (its trace carries
+    the number of eigenvalues it kept, a statistic only that adaptation writes)."""
+    import arviz_stats as azs
+    import nutpie
+
+    g = torch.Generator().manual_seed(0)
+    n, tau, sigma = 50, 2.0, 0.5
+    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    X = torch.stack([z[:, 0], z[:, 0] + 0.05 * z[:, 1], z[:, 2]], 1)
+    y = X @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + sigma * torch.randn(
+        n, generator=g, dtype=torch.float64
+    )
+
+    def blr(X, y=None):
+        w = pyro.sample("w", dist.Normal(torch.zeros(3, dtype=X.dtype), tau).to_event(1))
+        Normal(scale=sigma)("y", X @ w, obs=y)
+
+    seen = []
+    real = nutpie.sample
+
+    def spy(*args, **kwargs):
+        trace = real(*args, **kwargs)
+        seen.append((kwargs["adaptation"], "num_eigenvalues" in trace["sample_stats"]))
+        return trace
+
+    monkeypatch.setattr(nutpie, "sample", spy)
+    post = pyro_mle.posterior(blr, X, y, adaptation="low_rank", num_samples=300, warmup=300, seed=0)
+    assert seen == [("low_rank", True)]
+    assert post.info["adaptation"] == "low_rank"
+    assert post.info["route"] == "script" and post.info["route_reason"] == ""
+    Xn, yn = X.numpy(), y.numpy()
+    precision = Xn.T @ Xn / sigma**2 + np.eye(3) / tau**2
+    cov = np.linalg.inv(precision)
+    mean, sd = cov @ Xn.T @ yn / sigma**2, np.sqrt(np.diag(cov))
+    assert cov[0, 1] / (sd[0] * sd[1]) < -0.99  # the correlation low_rank adapts to
+    draws = pyro_mle.to_datatree(post, log_likelihood=False, predictive=False)["posterior"]["w"]
+    got_mean = draws.mean(("chain", "draw")).values
+    mcse = azs.mcse(draws.to_dataset(), method="mean")["w"].values
+    assert (np.abs(got_mean - mean) < 4 * mcse).all(), (got_mean, mean, mcse)
+    got_sd = draws.std(("chain", "draw"), ddof=1).values
+    assert (np.abs(got_sd - sd) < 0.1 * sd).all(), (got_sd, sd)
+
+
+def test_the_route_and_its_reason_are_recorded():
+    y = torch.tensor([1.0, 2.0, 1.5], dtype=torch.float64)
+
+    def normal_mean(y=None):
+        w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+        pyro.sample("y", dist.Normal(w, 1.0).expand([y.shape[0]]).to_event(1), obs=y)
+
+    post = pyro_mle.posterior(normal_mean, y, num_samples=50, warmup=50, chains=1, jit=False, diagnose=False)
+    assert post.info["route"] == "interpreted" and post.info["jit"] is False
+    assert post.info["route_reason"] == "compile=False" and "fallback" not in post.info
