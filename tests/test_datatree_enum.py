@@ -376,6 +376,26 @@ def test_event_dims_of_the_wrong_length_are_refused():
         pyro_mle.to_datatree(post)
 
 
+def test_event_dims_name_the_event_axis_of_a_deterministic_in_a_plate():
+    """``pyro.deterministic(..., event_dim=1)`` in a plate: one name for its one event axis,
+    the plate names the other; the values are the program's ``y * mu, y + mu``."""
+    y = torch.tensor([0.5, -1.0, 2.0, 0.1], dtype=F64)
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        with pyro.plate("rows", 4):
+            pyro.deterministic("v", torch.stack([y * mu, y + mu], -1), event_dim=1)
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    named = pyro.poutine.infer_config(model, lambda msg: {"event_dims": ["pair"]} if msg["name"] == "v" else {})
+    mu = torch.tensor([[0.3, -0.2, 1.5]], dtype=F64)
+    dt = pyro_mle.to_datatree(pyro_mle.Posterior("nuts", {"mu": mu}, {}, {}, named, (y,), {}), predictive=False)
+    v = dt["posterior"]["v"]
+    assert v.dims == ("chain", "draw", "rows", "pair")
+    m, yy = mu.numpy()[..., None], y.numpy()
+    np.testing.assert_allclose(v.values, np.stack([yy * m, yy + m], -1), rtol=1e-12)
+
+
 # ------------------------------------------- every style through ArviZ's functions
 
 
