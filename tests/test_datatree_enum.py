@@ -310,6 +310,48 @@ def test_a_latent_loop_stacks_in_step_order_in_every_group():
     np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-12)
 
 
+def ar1_masked(y, mask):
+    rho = pyro.sample("rho", dist.Uniform(torch.tensor(-1.0, dtype=F64), 1.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+    for t in pyro.markov(range(1, len(y))):
+        with pyro.poutine.mask(mask=mask[t]):
+            pyro.sample(f"y_{t}", dist.Normal(rho * y[t - 1], sigma), obs=y[t])
+
+
+def ar1_obs_mask(y, mask):
+    rho = pyro.sample("rho", dist.Uniform(torch.tensor(-1.0, dtype=F64), 1.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+    for t in pyro.markov(range(1, len(y))):
+        pyro.sample(f"y_{t}", dist.Normal(rho * y[t - 1], sigma), obs=y[t], obs_mask=mask[t])
+
+
+@pytest.mark.parametrize("program", [ar1_masked, ar1_obs_mask])
+def test_a_masked_step_is_left_out_of_the_stack_with_step_numbers(ar_pair, program):
+    """Step 2 masked out whole: ``y`` holds steps 1, 3, 4, … (scipy's values there), labelled
+    by their step numbers, and arviz_stats.loo reads it (a NaN in its place would make it NaN)."""
+    import arviz_stats as azs
+
+    _, post = ar_pair
+    y = _ar_data()
+    mask = torch.ones(T, dtype=torch.bool)
+    mask[2] = False
+    masked = pyro_mle.Posterior("nuts", dict(post.samples), {}, {}, program, (torch.tensor(y), mask), {})
+    with pytest.warns(DiagnosticWarning, match=r"stack 'y': the sites \['y_2'\] are masked out whole"):
+        dt = pyro_mle.to_datatree(masked, stack={"y": r"y_\d+"})
+    kept = [t for t in range(1, T) if t != 2]
+    rho, sigma = post.samples["rho"].numpy()[..., None], post.samples["sigma"].numpy()[..., None]
+    ref = stats.norm(rho * y[np.array(kept) - 1], sigma).logpdf(y[kept])
+    ll = dt["log_likelihood"]["y"]
+    assert ll.dims == ("chain", "draw", "y_dim_0") and list(ll["y_dim_0"].values) == kept
+    np.testing.assert_allclose(ll.values, ref, rtol=1e-12)
+    np.testing.assert_array_equal(dt["observed_data"]["y"].values, y[kept])
+    assert list(dt["posterior_predictive"]["y"]["y_dim_0"].values) == kept
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        elpd = azs.loo(dt)
+    assert elpd.n_data_points == T - 2 and np.isfinite(elpd.elpd)
+
+
 def test_bad_stack_specs_are_explained(ar_pair):
     _, post = ar_pair
     with pytest.raises(ValueError, match="matches no site"):
