@@ -123,7 +123,9 @@ def _stack_dataset(ds: xr.Dataset, var: str, members: list[str], group: str, dro
     new = xr.concat(parts, dim=f"{var}_dim_0", coords="minimal", compat="override", join="override")
     lead = [d for d in _SAMPLE_DIMS if d in new.dims]
     new = new.transpose(*lead, f"{var}_dim_0", ...)
-    steps = [_step_number(m, i) for i, m in enumerate(members) if m in present] if var in dropped else range(len(present))
+    steps = range(len(present))
+    if var in dropped:  # the steps kept, by number
+        steps = [_step_number(m, i) for i, m in enumerate(members) if m in present]
     new = new.assign_coords({f"{var}_dim_0": steps})
     out = ds.drop_vars(present)
     # coords of the members' own dims go with them
