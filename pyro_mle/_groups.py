@@ -25,8 +25,10 @@ def _site_dims(name: str, site: dict) -> list[str]:
     value = site["value"]
     by_dim = {f.dim: f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
     # pyro.deterministic declares every axis an event axis by default: align its axes with the
-    # plates from the right, where the sizes agree
-    batch_ndim = value.dim() if _replay.is_deterministic(site) else value.dim() - site["fn"].event_dim
+    # plates from the right, where the sizes agree; an explicit smaller event_dim is kept
+    batch_ndim = value.dim() - site["fn"].event_dim
+    if _replay.is_deterministic(site) and batch_ndim == 0:
+        batch_ndim = value.dim()
     names = []
     for i in range(value.dim()):
         rel = i - batch_ndim
@@ -41,7 +43,8 @@ def _name_rest(name: str, site: dict, names: list) -> list[str]:
     unnamed axes, as ArviZ does (a latent in a ``dim=-2`` plate: ``(plate, z_dim_0)``)."""
     event_dims = list(site["infer"].get("event_dims") or [])
     if event_dims:
-        event_ndim = len(names) if _replay.is_deterministic(site) else site["fn"].event_dim
+        # pyro.deterministic(..., event_dim=k) keeps k on its Delta (every axis by default)
+        event_ndim = getattr(site["fn"], "event_dim", len(names))
         if len(event_dims) != event_ndim:
             raise ValueError(
                 f"to_datatree: site {name!r} has infer={{'event_dims': {event_dims!r}}}, {len(event_dims)} name(s) "

@@ -240,19 +240,58 @@ def _vmapped(model, draws, args, kwargs, value_of, shapes, tr0):
 
     def one_draw(data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         tr = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
-        return tuple(f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items())
+        return (*(f(tr.nodes[n]).reshape(shapes[n]) for n, f in value_of.items()), _trace_valid(tr))
 
     per_draw = sum(s["value"].numel() for s in tr0.nodes.values() if s["type"] in ("sample", "param"))
     chunk = max(1, VMAP_CHUNK_ELEMENTS // max(per_draw, 1))
-    # input checks branch on values (``if bad.any(): raise``), which vmap cannot batch; the data
-    # were checked by the program's first run, and a NaN the checks would have named sends the
-    # caller to the loop, which runs them
+    # input checks branch on values (``if bad.any(): raise``), which vmap cannot batch: they are
+    # off, and each draw's run returns instead whether its parameters and values pass the same
+    # checks (_trace_valid); an invalid draw, or a NaN, sends the caller to the loop, which runs
+    # the checks and names the draw
     with validation(False), pyro.validation_enabled(False):
-        values = vmap(one_draw, randomness="error", chunk_size=chunk)(dict(draws))
+        *values, valid = vmap(one_draw, randomness="error", chunk_size=chunk)(dict(draws))
+    if not bool(valid.all()):
+        bad = torch.nonzero(~valid).flatten().tolist()
+        raise ValueError(f"vmapped replay: draws {bad[:10]} give invalid distribution parameters or values")
     out = dict(zip(value_of, values))
     if any(bool(torch.isnan(v).any()) for v in out.values() if v.is_floating_point()):
         raise ValueError("vmapped replay gave NaN: the loop names the draw with its checks on")
     return out
+
+
+def _dist_valid(fn: Any) -> torch.Tensor:
+    """Whether ``fn`` and every distribution it wraps have parameters inside their
+    ``arg_constraints``, as :class:`torch.distributions.Distribution` checks them with
+    validation on, without a Python branch on a value (so it runs under vmap)."""
+    ok = torch.ones((), dtype=torch.bool)
+    while fn is not None:
+        for param, constraint in getattr(fn, "arg_constraints", {}).items():
+            if torch.distributions.constraints.is_dependent(constraint):
+                continue
+            if param not in fn.__dict__ and isinstance(
+                getattr(type(fn), param, None), torch.distributions.utils.lazy_property
+            ):
+                continue  # the other parametrisation (logits for probs): not given
+            value = getattr(fn, param, None)
+            if isinstance(value, torch.Tensor):
+                ok = ok & torch.as_tensor(constraint.check(value)).all()
+        fn = getattr(fn, "base_dist", None)
+    return ok
+
+
+def _trace_valid(tr: poutine.Trace) -> torch.Tensor:
+    """Whether every sample site of ``tr`` has valid distribution parameters and a value in
+    its support (a boolean scalar; batched under vmap)."""
+    ok = torch.ones((), dtype=torch.bool)
+    for site in tr.nodes.values():
+        if site["type"] != "sample" or is_deterministic(site):
+            continue
+        fn = site["fn"]
+        ok = ok & _dist_valid(fn)
+        support = getattr(fn, "support", None)
+        if support is not None and not torch.distributions.constraints.is_dependent(support):
+            ok = ok & torch.as_tensor(support.check(site["value"])).all()
+    return ok
 
 
 def _sites_out(tr, names, num, shape_of, value_of):

@@ -81,10 +81,25 @@ def hint(names: Iterable[str]) -> None:
         )
 
 
-def _stack_dataset(ds: xr.Dataset, var: str, members: list[str], group: str) -> xr.Dataset:
+def _step_number(name: str, position: int) -> int:
+    key = _step_key(name)
+    return key[-1] if key else position
+
+
+def _stack_dataset(ds: xr.Dataset, var: str, members: list[str], group: str, dropped: dict) -> xr.Dataset:
+    """``members`` of ``ds`` stacked into ``var``. A member with no values (a step masked out
+    whole, ``poutine.mask(mask=False)`` or ``obs_mask=False``) is left out, recorded in
+    ``dropped[var]``, and the step dim's coordinate is then the step numbers of the sites kept
+    (a NaN in its place would make ``arviz_stats.loo`` NaN)."""
     present = [m for m in members if m in ds.data_vars]
     if not present:
         return ds
+    empty = [m for m in present if ds[m].size == 0]
+    if empty and len(empty) < len(present):
+        dropped.setdefault(var, set()).update(empty)
+        ds = ds.drop_vars(empty)
+        members = [m for m in members if m not in empty]
+        present = [m for m in present if m not in empty]
     if len(present) != len(members):
         absent = [m for m in members if m not in ds.data_vars]
         raise ValueError(
@@ -108,7 +123,10 @@ def _stack_dataset(ds: xr.Dataset, var: str, members: list[str], group: str) -> 
     new = xr.concat(parts, dim=f"{var}_dim_0", coords="minimal", compat="override", join="override")
     lead = [d for d in _SAMPLE_DIMS if d in new.dims]
     new = new.transpose(*lead, f"{var}_dim_0", ...)
-    new = new.assign_coords({f"{var}_dim_0": range(len(present))})
+    steps = range(len(present))
+    if var in dropped:  # the steps kept, by number
+        steps = [_step_number(m, i) for i, m in enumerate(members) if m in present]
+    new = new.assign_coords({f"{var}_dim_0": steps})
     out = ds.drop_vars(present)
     # coords of the members' own dims go with them
     out = out.drop_vars([c for c in out.coords if c not in {d for v in out.data_vars.values() for d in v.dims}])
@@ -119,10 +137,25 @@ def stack_tree(dt: xr.DataTree, groups: Mapping[str, list[str]]) -> None:
     """Stack ``groups`` (variable → member variables) in every group of ``dt``, in place."""
     if not groups:
         return
-    for name, child in list(dt.children.items()):
-        ds = child.to_dataset()
+    dropped: dict[str, set] = {}
+    # the groups with dropped steps first, so that every group gets the step-number coordinate
+    names = sorted(dt.children, key=lambda g: not any(_has_empty(dt[g], m) for ms in groups.values() for m in ms))
+    for name in names:
+        ds = dt[name].to_dataset()
         attrs = dict(ds.attrs)
         for var, members in groups.items():
-            ds = _stack_dataset(ds, var, members, name)
+            ds = _stack_dataset(ds, var, members, name, dropped)
         ds.attrs = attrs
         dt[name] = xr.DataTree(ds)
+    for var, empty in dropped.items():
+        sites = sorted(empty, key=_step_key)
+        warn(
+            [
+                f"to_datatree: stack {var!r}: the sites {sites} are masked out whole (no observed value), so they are "
+                f"left out of {var!r}; its dim {var + '_dim_0'!r} is labelled with the step numbers of the sites kept."
+            ]
+        )
+
+
+def _has_empty(node: xr.DataTree, name: str) -> bool:
+    return name in node.data_vars and node[name].size == 0

@@ -329,15 +329,20 @@ def _row_slicer(post: Posterior, obs: dict[str, dict], num_rows: int) -> RowsFn:
     def aligned(v: Any) -> bool:
         return isinstance(v, torch.Tensor | np.ndarray) and v.ndim > 0 and v.shape[0] == num_rows
 
-    def is_observed(v: torch.Tensor) -> bool:
-        # the program may have converted its data (dtype, device): equal values count
+    def is_observed(v: torch.Tensor | np.ndarray) -> bool:
+        # the program may have converted its data (NumPy to torch, dtype, device): equal values count
+        if isinstance(v, np.ndarray):
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, RuntimeError):  # an object array: not numeric data
+                return False
         return any(
             v is o or (v.shape == o.shape and bool(torch.equal(v.to(o.dtype, copy=False).to(o.device), o)))
             for o in observed
         )
 
     values = [*post.args, *post.kwargs.values()]
-    if not any(aligned(v) and is_observed(v) for v in values if isinstance(v, torch.Tensor)):
+    if not any(aligned(v) and is_observed(v) for v in values):
         name = getattr(post.model, "__name__", repr(post.model))
         raise ValueError(
             f"reloo/kfold: the observed data of {name!r} are not an argument of the program with one entry per row "

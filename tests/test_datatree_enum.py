@@ -184,6 +184,92 @@ def test_a_shared_discrete_site_is_warned_about():
     np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-10)
 
 
+# ------------------------------------------------- hidden Markov chain (pyro.markov)
+
+HMM_Y = np.array([0.1, 2.2, 1.8, -0.3, 0.4, 2.5])
+HMM_LOCS, HMM_INIT = np.array([0.0, 2.0]), np.array([0.9, 0.1])
+
+
+def _hmm(markov=True, vindex=False):
+    """Two states, stay probability ``p``; one site per step. ``pyro.markov`` recycles the
+    enumeration dims (z_0, z_2, … share one); ``vindex`` writes it to broadcast over draws."""
+
+    @config_enumerate
+    def hmm(y):
+        p = pyro.sample("p", dist.Beta(torch.tensor(2.0, dtype=F64), 2.0))
+        locs, init = torch.tensor(HMM_LOCS), torch.tensor(HMM_INIT)
+        trans = torch.stack([torch.stack([p, 1 - p], -1), torch.stack([1 - p, p], -1)], -2)
+        z = None
+        for t in pyro.markov(range(len(y))) if markov else range(len(y)):
+            if z is None:
+                probs = init
+            else:
+                probs = Vindex(trans)[..., z, :] if vindex else trans[z]
+            z = pyro.sample(f"z_{t}", dist.Categorical(probs))
+            pyro.sample(f"y_{t}", dist.Normal(Vindex(locs)[..., z] if vindex else locs[z], 1.0), obs=y[t])
+
+    return hmm
+
+
+def _forward(p, y, leave_out=None):
+    """log p(y | p) by the forward recursion in scipy, the emission of step ``leave_out`` left out."""
+    log_trans = np.log(np.array([[p, 1 - p], [1 - p, p]]))
+    alpha = np.log(HMM_INIT)
+    for t in range(len(y)):
+        if t:
+            alpha = logsumexp(alpha[:, None] + log_trans, axis=0)
+        if t != leave_out:
+            alpha = alpha + stats.norm(HMM_LOCS, 1.0).logpdf(y[t])
+    return logsumexp(alpha)
+
+
+def _hmm_reference(ps, y):
+    """log p(y_t | y_{-t}, p) = log p(y | p) - log p(y_{-t} | p): (draws, steps)."""
+    return np.array([[_forward(p, y) - _forward(p, y, t) for t in range(len(y))] for p in ps])
+
+
+@pytest.mark.parametrize(
+    ("markov", "vindex", "how"),
+    [
+        (True, False, "enumerated, conditional, loop"),
+        (False, False, "enumerated, conditional, loop"),
+        (True, True, "enumerated, conditional, vectorised"),
+    ],
+)
+def test_hmm_pointwise_values_are_leave_one_out_conditionals(markov, vindex, how):
+    from pyro_mle import _replay
+
+    ps = torch.tensor([0.8, 0.6, 0.95, 0.3], dtype=F64)
+    ll, got_how = _replay.pointwise_log_likelihood(_hmm(markov, vindex), {"p": ps}, (torch.tensor(HMM_Y),))
+    assert got_how == how
+    got = np.stack([ll[f"y_{t}"].numpy().reshape(-1) for t in range(len(HMM_Y))], -1)
+    np.testing.assert_allclose(got, _hmm_reference(ps.numpy(), HMM_Y), rtol=1e-10)
+
+
+def test_hmm_one_site_asked_for_is_still_its_leave_one_out_conditional():
+    """The chain is found among all the observed sites, not only those asked for."""
+    from pyro_mle import _replay
+
+    ps = torch.tensor([0.8, 0.6], dtype=F64)
+    ll, how = _replay.pointwise_log_likelihood(_hmm(False, True), {"p": ps}, (torch.tensor(HMM_Y),), sites=["y_3"])
+    assert how == "enumerated, conditional, vectorised" and set(ll) == {"y_3"}
+    np.testing.assert_allclose(ll["y_3"].numpy().reshape(-1), _hmm_reference(ps.numpy(), HMM_Y)[:, 3], rtol=1e-10)
+
+
+def test_hmm_through_the_converter_stacks_and_loo_reads_it():
+    import arviz_stats as azs
+
+    ps = torch.linspace(0.55, 0.95, 200, dtype=F64).reshape(2, 100)
+    post = pyro_mle.Posterior("nuts", {"p": ps}, {}, {}, _hmm(True, True), (torch.tensor(HMM_Y),), {})
+    dt = pyro_mle.to_datatree(post, predictive=False, stack={"y": r"y_\d+"})
+    assert dt.attrs["log_likelihood_method"] == "enumerated, conditional, vectorised"
+    ref = _hmm_reference(ps.numpy().reshape(-1), HMM_Y).reshape(2, 100, -1)
+    np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-10)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        assert azs.loo(dt).n_data_points == len(HMM_Y)
+
+
 # ---------------------------------------------------------------------- AR(1) loop
 
 T = 30
@@ -310,6 +396,48 @@ def test_a_latent_loop_stacks_in_step_order_in_every_group():
     np.testing.assert_allclose(dt["log_likelihood"]["y"].values, ref, rtol=1e-12)
 
 
+def ar1_masked(y, mask):
+    rho = pyro.sample("rho", dist.Uniform(torch.tensor(-1.0, dtype=F64), 1.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+    for t in pyro.markov(range(1, len(y))):
+        with pyro.poutine.mask(mask=mask[t]):
+            pyro.sample(f"y_{t}", dist.Normal(rho * y[t - 1], sigma), obs=y[t])
+
+
+def ar1_obs_mask(y, mask):
+    rho = pyro.sample("rho", dist.Uniform(torch.tensor(-1.0, dtype=F64), 1.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(1.0, dtype=F64)))
+    for t in pyro.markov(range(1, len(y))):
+        pyro.sample(f"y_{t}", dist.Normal(rho * y[t - 1], sigma), obs=y[t], obs_mask=mask[t])
+
+
+@pytest.mark.parametrize("program", [ar1_masked, ar1_obs_mask])
+def test_a_masked_step_is_left_out_of_the_stack_with_step_numbers(ar_pair, program):
+    """Step 2 masked out whole: ``y`` holds steps 1, 3, 4, … (scipy's values there), labelled
+    by their step numbers, and arviz_stats.loo reads it (a NaN in its place would make it NaN)."""
+    import arviz_stats as azs
+
+    _, post = ar_pair
+    y = _ar_data()
+    mask = torch.ones(T, dtype=torch.bool)
+    mask[2] = False
+    masked = pyro_mle.Posterior("nuts", dict(post.samples), {}, {}, program, (torch.tensor(y), mask), {})
+    with pytest.warns(DiagnosticWarning, match=r"stack 'y': the sites \['y_2'\] are masked out whole"):
+        dt = pyro_mle.to_datatree(masked, stack={"y": r"y_\d+"})
+    kept = [t for t in range(1, T) if t != 2]
+    rho, sigma = post.samples["rho"].numpy()[..., None], post.samples["sigma"].numpy()[..., None]
+    ref = stats.norm(rho * y[np.array(kept) - 1], sigma).logpdf(y[kept])
+    ll = dt["log_likelihood"]["y"]
+    assert ll.dims == ("chain", "draw", "y_dim_0") and list(ll["y_dim_0"].values) == kept
+    np.testing.assert_allclose(ll.values, ref, rtol=1e-12)
+    np.testing.assert_array_equal(dt["observed_data"]["y"].values, y[kept])
+    assert list(dt["posterior_predictive"]["y"]["y_dim_0"].values) == kept
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        elpd = azs.loo(dt)
+    assert elpd.n_data_points == T - 2 and np.isfinite(elpd.elpd)
+
+
 def test_bad_stack_specs_are_explained(ar_pair):
     _, post = ar_pair
     with pytest.raises(ValueError, match="matches no site"):
@@ -374,6 +502,26 @@ def test_event_dims_of_the_wrong_length_are_refused():
     post = pyro_mle.Posterior("nuts", {"w": torch.zeros(1, 4, 2, dtype=F64)}, {}, {}, model, (), {})
     with pytest.raises(ValueError, match=r"site 'w' has infer=\{'event_dims': \['a', 'b'\]\}, 2 name\(s\) for its 1"):
         pyro_mle.to_datatree(post)
+
+
+def test_event_dims_name_the_event_axis_of_a_deterministic_in_a_plate():
+    """``pyro.deterministic(..., event_dim=1)`` in a plate: one name for its one event axis,
+    the plate names the other; the values are the program's ``y * mu, y + mu``."""
+    y = torch.tensor([0.5, -1.0, 2.0, 0.1], dtype=F64)
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+        with pyro.plate("rows", 4):
+            pyro.deterministic("v", torch.stack([y * mu, y + mu], -1), event_dim=1)
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    named = pyro.poutine.infer_config(model, lambda msg: {"event_dims": ["pair"]} if msg["name"] == "v" else {})
+    mu = torch.tensor([[0.3, -0.2, 1.5]], dtype=F64)
+    dt = pyro_mle.to_datatree(pyro_mle.Posterior("nuts", {"mu": mu}, {}, {}, named, (y,), {}), predictive=False)
+    v = dt["posterior"]["v"]
+    assert v.dims == ("chain", "draw", "rows", "pair")
+    m, yy = mu.numpy()[..., None], y.numpy()
+    np.testing.assert_allclose(v.values, np.stack([yy * m, yy + m], -1), rtol=1e-12)
 
 
 # ------------------------------------------- every style through ArviZ's functions

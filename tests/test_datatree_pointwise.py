@@ -100,3 +100,48 @@ def test_broadcasting_program_keeps_the_broadcast_tier(problem):
     ll, how = _replay.pointwise_log_likelihood(broadcasting, draws, (X, y))
     assert how == "vectorised"
     np.testing.assert_allclose(ll["y"].numpy(), _scipy(X, y, draws), rtol=1e-10)
+
+
+X4 = torch.tensor([0.2, 0.2, 0.2, 1.5], dtype=torch.float64)
+Y4 = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+
+
+def bernoulli_matmul(x, y, logits=False):
+    """``x @ w`` does not broadcast: the vmap tier runs it; probs = x w, valid for w < 1/1.5."""
+    w = pyro.sample("w", dist.Uniform(torch.tensor(0.0, dtype=torch.float64), 1.0).expand([1]).to_event(1))
+    p = x[:, None] @ w
+    with pyro.plate("data", x.shape[0]):
+        d = dist.Bernoulli(logits=torch.logit(p)) if logits else dist.Bernoulli(probs=p)
+        pyro.sample("y", d, obs=y)
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_vmap_tier_checks_parameters_and_values_of_valid_draws(logits):
+    pyro.set_rng_seed(1)  # the program's first run draws w = 0.06 from its prior: valid probs
+    w = torch.linspace(0.1, 0.6, 5, dtype=torch.float64)[:, None]
+    ll, how = _replay.pointwise_log_likelihood(bernoulli_matmul, {"w": w}, (X4, Y4), {"logits": logits})
+    assert how == "vmap"
+    ref = stats.bernoulli(X4.numpy()[None] * w.numpy()).logpmf(Y4.numpy()[None])
+    np.testing.assert_allclose(ll["y"].numpy(), ref, rtol=1e-10)
+
+
+def test_vmap_tier_sends_an_invalid_parameter_to_the_loop_and_its_error():
+    """A middle draw making probs 1.35 > 1: Pyro's own check names it (it was clamped to a
+    finite log-likelihood with the checks off)."""
+    pyro.set_rng_seed(1)
+    w = torch.full((5, 1), 0.5, dtype=torch.float64)
+    w[2] = 0.9
+    with pytest.raises(ValueError, match=r"Expected parameter probs .* Interval\(lower_bound=0.0, upper_bound=1.0\)"):
+        _replay.pointwise_log_likelihood(bernoulli_matmul, {"w": w}, (X4, Y4))
+
+
+def test_vmap_tier_sends_a_draw_outside_its_support_to_the_loop():
+    """w = 1.2 is outside Uniform(0, 1): the batched run says so and the loop replays every
+    draw (probs stay valid at x = X4 / 2, so the loop's values are scipy's)."""
+    pyro.set_rng_seed(1)
+    w = torch.full((5, 1), 0.5, dtype=torch.float64)
+    w[2] = 1.2
+    ll, how = _replay.pointwise_log_likelihood(bernoulli_matmul, {"w": w}, (X4 / 2, Y4))
+    assert how == "loop"
+    ref = stats.bernoulli(X4.numpy()[None] / 2 * w.numpy()).logpmf(Y4.numpy()[None])
+    np.testing.assert_allclose(ll["y"].numpy(), ref, rtol=1e-10)

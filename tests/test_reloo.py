@@ -91,6 +91,21 @@ def test_rows_function_cuts_what_automatic_slicing_cannot():
     np.testing.assert_allclose(cv.elpd_i.values, auto.elpd_i.values, rtol=1e-12)
 
 
+def numpy_model(y):
+    """The program takes a NumPy array and converts it itself."""
+    model(torch.as_tensor(y))
+
+
+def test_kfold_cuts_numpy_array_arguments():
+    post = pyro_mle.posterior(numpy_model, Y.numpy(), method="laplace", num_samples=500, chains=2, seed=1)
+    cv = pyro_mle.kfold(post, folds=[1, 1, 2, 2, 3, 3, 4, 4], num_samples=20000)
+    exact = np.concatenate(
+        [exact_elpd(np.setdiff1d(np.arange(8), [2 * f, 2 * f + 1]), [2 * f, 2 * f + 1]) for f in range(4)]
+    )
+    np.testing.assert_allclose(cv.elpd_i.values[:7], exact[:7], atol=0.02)
+    np.testing.assert_allclose(cv.elpd_i.values[7], exact[7], atol=0.2)
+
+
 def test_high_pareto_k_advice_names_reloo(post):
     dt = pyro_mle.to_datatree(post, predictive=False)
     from pyro_mle.diagnostics import loo, pareto_k_messages
