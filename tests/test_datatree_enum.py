@@ -152,9 +152,10 @@ def test_mixture_posterior_runs_end_to_end():
     """Pyro's NUTS (the fallback for discrete latents, which it enumerates) on the mixture,
     then the tree with infer_discrete draws (a short run: the plumbing, not the posterior)."""
     y = torch.tensor(_mixture_data())
-    post = pyro_mle.posterior(
-        mixture, y, method="nuts", num_samples=10, warmup=10, chains=1, seed=1, progress=False, diagnose=False
-    )
+    with pytest.warns(pyro_mle.SamplerFallbackWarning, match="discrete latent sites"):
+        post = pyro_mle.posterior(
+            mixture, y, method="nuts", num_samples=10, warmup=10, chains=1, seed=1, progress=False, diagnose=False
+        )
     dt = pyro_mle.to_datatree(post, infer_discrete=True)
     assert "fallback" in post.info and "k" not in post.samples
     ref = _mixture_reference({k: v for k, v in post.samples.items()}, _mixture_data())
