@@ -253,6 +253,7 @@ def optimise(
     lr: float,
     max_steps: int,
     tol: float,
+    noise: float = 1.0,
     window: int = WINDOW,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -303,7 +304,7 @@ def optimise(
                     change = _change(current, previous)
                     (mean_a, se_a), (mean_b, se_b) = _mean_se(block_losses), _mean_se(previous_losses)
                     if (
-                        change[0] <= APPROACH
+                        change[0] <= APPROACH * noise
                         and change[1] <= APPROACH
                         and abs(mean_a - mean_b) <= 2 * math.hypot(se_a, se_b)
                     ):
@@ -324,7 +325,7 @@ def optimise(
             final = (mean_first + mean_second) / 2
             change = _change(summary(mean_second), summary(mean_first))
             (la, sa), (lb, sb) = _mean_se([b[1] for b in first]), _mean_se([b[1] for b in second])
-            if max(change) <= tol and abs(la - lb) <= 2 * math.hypot(sa, sb):
+            if change[0] <= tol * noise and change[1] <= tol and abs(la - lb) <= 2 * math.hypot(sa, sb):
                 converged = True
                 break
     finally:
@@ -368,7 +369,7 @@ def run_vi(
     seeded by the caller (:func:`pyro_mle.posterior` runs this in ``rng_scope(seed)``)."""
     guide_fn, name = make_guide(model, guide)
     latents = _replay.latent_sites(tr)
-    transforms = {n: biject_to(s["fn"].support) for n, s in latents.items()}
+    transforms = {n: biject_to(s["fn"].support) for n, s in latents.items()}  # unconstrained → constrained
     elbo = Trace_ELBO()
     try:
         params = _guide_params(guide_fn, args, kwargs)
@@ -395,7 +396,8 @@ def run_vi(
         summary,
         lr=lr,
         max_steps=max_steps,
-        tol=tol * noise,
+        tol=tol,
+        noise=noise,
         progress=progress,
     )
     if not run["converged"]:
@@ -406,14 +408,16 @@ def run_vi(
         "steps": run["steps"],
         "elbo": run["elbo"],
         "message": run["message"],
-        "tol": tol * noise,
+        "tol": (tol * noise, tol),
     }
     (draw_seed,) = spawn_seeds(seed, 1)
     with torch.no_grad():
         gaussian = gaussian_of(guide_fn)
     if gaussian is not None:
         loc, scale_tril, layout = (t.detach().clone() if torch.is_tensor(t) else t for t in gaussian)
-        samples, stats = draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, draw_seed)
+        # draw_gaussian takes initialize_model's transforms: constrained → unconstrained
+        to_unconstrained = {n: t.inv for n, t in transforms.items()}
+        samples, stats = draw_gaussian(loc, scale_tril, layout, to_unconstrained, num_samples, chains, draw_seed)
         info.update(loc=loc, covariance=scale_tril @ scale_tril.T, layout=layout)
         return samples, stats, info
     samples, log_q, layout = _sample_guide(guide_fn, args, kwargs, names, transforms, num_samples * chains, draw_seed)
