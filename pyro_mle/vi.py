@@ -70,6 +70,7 @@ DECAY = 0.3
 MIN_HALF = 4
 MAX_HALF = 10
 SUMMARY_DRAWS = 64
+NATURAL_STEP = 0.05
 BETAS = (0.9, 0.999)  # torch's defaults
 
 
@@ -254,14 +255,24 @@ def optimise(
     max_steps: int,
     tol: float,
     noise: float = 1.0,
+    natural: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
     window: int = WINDOW,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Adam on ``loss_fn`` (a one-sample negative ELBO) over ``params`` with the two-phase
     schedule and convergence test of the module docstring. Leaves ``params`` at the final
     Polyak average and returns ``converged``, ``steps``, ``elbo`` (the loss at every step),
-    ``message`` and the last ``change`` (means in sds, log-scales) the test saw."""
+    ``message`` and the last ``change`` (means in sds, log-scales) the test saw.
+
+    ``natural()``, where given, returns the guide's location parameter (one of ``params``) and
+    the guide's current covariance: in the averaging phase that location moves by natural-gradient
+    steps ``-NATURAL_STEP * covariance @ grad`` instead of Adam's. Adam scales every coordinate
+    alone, so on a correlated posterior (a regression on raw covariates) the noise across a
+    narrow ridge sets its step sizes and the drift along the ridge becomes too slow for any
+    window to see; the natural gradient is affine invariant and relaxes every direction in about
+    ``1 / NATURAL_STEP`` steps."""
     opt = torch.optim.Adam(params, lr=lr, betas=BETAS)
+    loc_param, covariance = None, None
     losses: list[float] = []
     blocks: list[tuple[torch.Tensor, float]] = []  # per window: parameter sum, mean loss
     phase, previous, converged, change = "approach", None, False, (math.inf, math.inf)
@@ -276,6 +287,8 @@ def optimise(
     try:
         while len(losses) < max_steps:
             total, block_losses = None, []
+            if loc_param is not None:
+                covariance = natural()[1]
             for _ in range(min(window, max_steps - len(losses))):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn()
@@ -286,6 +299,10 @@ def optimise(
                         "or check the model's scales and priors."
                     )
                 loss.backward()
+                if loc_param is not None:
+                    with torch.no_grad():
+                        loc_param -= NATURAL_STEP * (covariance @ loc_param.grad.reshape(-1)).view_as(loc_param)
+                    loc_param.grad = None
                 opt.step()
                 losses.append(value)
                 block_losses.append(value)
@@ -312,7 +329,10 @@ def optimise(
                         _assign(params, final)
                         # a fresh Adam: its second-moment average (memory ~1000 steps) would still hold
                         # the large gradients of the approach and shrink every step of the averaging
-                        opt = torch.optim.Adam(params, lr=lr * DECAY, betas=BETAS)
+                        if natural is not None:
+                            loc_param = natural()[0]
+                        adam_params = [p for p in params if p is not loc_param]
+                        opt = torch.optim.Adam(adam_params, lr=lr * DECAY, betas=BETAS)
                         blocks = []
                 previous, previous_losses = current, block_losses
                 continue
@@ -390,10 +410,19 @@ def run_vi(
         loss_fn = lambda: stl_loss(model, guide_fn, args, kwargs)  # noqa: E731
     else:  # a guide with a non-reparameterised draw needs the score term STL drops
         loss_fn = lambda: elbo.differentiable_loss(model, guide_fn, *args, **kwargs)  # noqa: E731
+    natural = None
+    if isinstance(guide_fn, AutoContinuous) and gaussian_of(guide_fn) is not None:
+
+        def natural() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                _, scale_tril, _ = gaussian_of(guide_fn)
+                return guide_fn.loc.unconstrained(), (scale_tril @ scale_tril.T).detach()
+
     run = optimise(
         loss_fn,
         params,
         summary,
+        natural=natural,
         lr=lr,
         max_steps=max_steps,
         tol=tol,
