@@ -183,7 +183,41 @@ def test_spector_logit_has_the_sign_and_size_of_statsmodels():
     gpa = post.samples["w"][..., 0]
     assert post.info["converged"] is True
     assert gpa.mean() > 0
-    assert abs(float(gpa.mean()) - reference.params["GPA"]) < 2.5 * float(gpa.std())
+    assert abs(float(gpa.mean()) - reference.params["GPA"]) < 2 * float(gpa.std())
+    # the optimum VI itself aims at: the full-rank Gaussian maximising the ELBO estimated on 4000
+    # fixed draws (sample average approximation), found by L-BFGS; GPA 3.49, sd 1.37 (NUTS: 3.45, 1.42)
+    loc, sd = vi_optimum(X, y)
+    assert abs(post.info["loc"][1].item() - loc[1]) < 0.25 * sd[1]
+    np.testing.assert_allclose(np.sqrt(np.diag(post.info["covariance"].numpy())), sd, rtol=0.15)
+
+
+def vi_optimum(X, y, draws=4000):
+    """The full-rank Gaussian over (b, w) that maximises the ELBO of the spector logit (prior
+    N(0, 100²)), with the expectation taken over ``draws`` fixed standard-normal draws."""
+    eps = torch.randn(draws, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    loc = torch.tensor([-13.0, 2.8, 0.1, 2.4], dtype=F64, requires_grad=True)
+    raw = torch.diag(torch.tensor([4.9, 1.26, 0.14, 1.06], dtype=F64).log()).requires_grad_()
+
+    def negative_elbo():
+        L = torch.tril(raw, -1) + torch.diag(raw.diagonal().exp())
+        z = loc + eps @ L.T
+        logits = z[:, :1] + z[:, 1:] @ X.T
+        log_lik = (y * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 100.0).log_prob(z).sum(-1)
+        return -((log_lik + log_prior).mean() + raw.diagonal().sum())  # entropy up to a constant
+
+    opt = torch.optim.LBFGS([loc, raw], max_iter=2000, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = negative_elbo()
+        value.backward()
+        return value
+
+    for _ in range(3):
+        opt.step(closure)
+    L = torch.tril(raw, -1) + torch.diag(raw.diagonal().exp())
+    return loc.detach().numpy(), (L @ L.T).diagonal().sqrt().detach().numpy()
 
 
 def test_centred_eight_schools_runs():
