@@ -6,7 +6,8 @@ the posterior ``p``. PSIS-LOO on them as if they were posterior draws estimates 
 ``log p − log q`` (Magnusson et al. 2019, "Bayesian leave-one-out cross-validation for large
 data"), and both densities are at hand: ``q`` is the Gaussian the draws came from
 (``Posterior.info["loc"]``, ``["covariance"]``), ``p`` the program's unnormalised log joint in
-the same unconstrained space (Pyro's potential, Jacobian included).
+the same unconstrained space (Pyro's potential, Jacobian included). A VI guide that is not
+Gaussian gives the log density of each draw under it instead (``info["log_q"]``, same space).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def approximation_log_densities(post: Any) -> tuple[xr.DataArray, xr.DataArray]:
     each a DataArray over ``(chain, draw)``, both in the unconstrained space the Gaussian
     ``q`` lives in (``log_p`` up to its normalising constant, which LOO does not need)."""
     info = post.info
-    if post.method not in APPROXIMATE_METHODS or "loc" not in info or "covariance" not in info:
+    gaussian = "loc" in info and "covariance" in info
+    if post.method not in APPROXIMATE_METHODS or not (gaussian or "log_q" in info):
         raise ValueError(
             f"approximation_log_densities: a {post.method!r} posterior has no proposal density; only Laplace and "
-            "VI draws (with info['loc'] and info['covariance']) do. Use arviz_stats.loo for NUTS draws."
+            "VI draws (with info['loc'] and info['covariance'], or info['log_q']) do. Use arviz_stats.loo for "
+            "NUTS draws."
         )
     # initialize_model draws an initial point (and differentiates there); its random draws must
     # not touch the caller's generators
@@ -47,13 +50,17 @@ def _log_densities(post, info, potential_fn, transforms):
         flat = post.flat_samples()
         total = next(iter(flat.values())).shape[0]
         pieces, unconstrained = [], {}
+        dtype = info["loc"].dtype if "loc" in info else info["log_q"].dtype
         for name, shape in info["layout"]:
-            u = transforms[name](flat[name].to(info["loc"].dtype))
+            u = transforms[name](flat[name].to(dtype))
             unconstrained[name] = u
             pieces.append(u.reshape(total, math.prod(shape)))
         theta = torch.cat(pieces, dim=-1)
-        q = torch.distributions.MultivariateNormal(info["loc"], covariance_matrix=info["covariance"])
-        log_q = q.log_prob(theta)
+        if "log_q" in info:  # a guide that is not Gaussian: its own density at each draw
+            log_q = info["log_q"].reshape(-1)
+        else:
+            q = torch.distributions.MultivariateNormal(info["loc"], covariance_matrix=info["covariance"])
+            log_q = q.log_prob(theta)
         log_p = torch.stack([-potential_fn({k: v[i] for k, v in unconstrained.items()}) for i in range(total)])
     shape = (post.num_chains, post.num_draws)
     as_da = lambda t: xr.DataArray(t.detach().double().reshape(shape).numpy(), dims=("chain", "draw"))  # noqa: E731

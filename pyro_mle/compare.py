@@ -426,4 +426,6 @@ _POSTERIOR_OPTIONS = {
     "max_tree_depth",
     "vi_steps",
     "vi_lr",
+    "vi_tol",
+    "guide",
 }

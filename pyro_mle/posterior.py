@@ -9,9 +9,11 @@ Three readings of the posterior:
   ``seed`` (:func:`pyro_mle._rng.spawn_seeds`). Programs with discrete latents or subsampling
   plates run on Pyro's NUTS, interpreted (``info["fallback"]`` says why).
 * ``"laplace"``: a Gaussian at the posterior mode in the unconstrained space, with covariance
-  the inverse Hessian of the negative log joint there (exact for a linear-Gaussian model).
-* ``"vi"``: SVI with a full-rank multivariate normal guide
-  (:class:`~pyro.infer.autoguide.AutoMultivariateNormal`).
+  the inverse Hessian of the negative log joint there (exact for a linear-Gaussian model;
+  :mod:`pyro_mle.laplace`).
+* ``"vi"``: SVI with a guide (default a full-rank multivariate normal over the unconstrained
+  latents), run until the guide's means and scales stop moving (:mod:`pyro_mle.vi`); subsampling
+  plates give minibatch VI.
 
 Every method runs inside :func:`pyro_mle._rng.rng_scope`: the draws depend on ``seed`` only,
 and the caller's global generators (``random``, NumPy, torch) are left as they were, so a
@@ -24,29 +26,22 @@ them at their current values in Pyro's param store (fit them first with
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyro
 import torch
 from arviz_base import from_dict
-from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoMultivariateNormal
-from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.util import site_is_subsample
 
 from . import _nutpie, _pyro_nuts, _replay
 from ._rng import rng_scope, spawn_seeds
 from .diagnostics import sampling_messages, warn
-from .optim.lbfgs import lbfgs
-from .optim.newton import hessian_from, newton, value_and_grad_from
-from .optim.stopping import default_tolerances, relative_gradient
+from .laplace import run_laplace
 from .potential import build_potential
+from .vi import run_vi
 
 METHODS = ("nuts", "laplace", "vi")
 SAMPLERS = ("nutpie", "pyro")
@@ -72,8 +67,10 @@ class Posterior:
         ``warmup``, and for NUTS ``sampler``, ``route`` of the potential (``"script"``,
         ``"fx-script"``, ``"interpreted"``), ``route_reason`` (why faster routes were refused),
         ``jit`` (a compiled route ran), ``fallback`` (why Pyro's engine ran); per method
-        ``loc``/``covariance``/``layout`` of the Gaussian (Laplace, VI; unconstrained
-        space), ``elbo`` history (VI).
+        ``loc``/``covariance``/``layout`` of the Gaussian (Laplace, and VI with a Gaussian
+        guide; unconstrained space); for VI ``guide`` (its name), ``converged``, ``steps``,
+        ``elbo`` (the loss at every step), ``message`` (the convergence test's verdict),
+        ``tol`` (its tolerance), and ``log_q`` (chain, draw) for a guide that is not Gaussian.
       * ``model``, ``args``, ``kwargs``: the program and the data it was run on, for
         :meth:`predict` and :func:`pyro_mle.to_datatree`.
     """
@@ -135,8 +132,10 @@ def posterior(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     target_accept_prob: float | None = None,
-    vi_steps: int = 3000,
+    guide: Any = "mvn",
+    vi_steps: int = 20000,
     vi_lr: float = 0.01,
+    vi_tol: float = 0.1,
     diagnose: bool = True,
     **kwargs: Any,
 ) -> Posterior:
@@ -162,7 +161,16 @@ def posterior(
     :param target_accept: the mean acceptance probability the step size is adapted to; raise it
         (0.9–0.99) when transitions diverge. ``target_accept_prob`` is the same (Pyro's name).
     :param max_tree_depth: at most ``2**max_tree_depth`` leapfrog steps per transition.
-    :param vi_steps, vi_lr: SVI steps and Adam learning rate for ``"vi"``.
+    :param guide: the VI guide: ``"mvn"`` (default; full-rank Gaussian), ``"diag"`` (mean
+        field), a Pyro :class:`~pyro.infer.autoguide.AutoGuide` class, or a callable
+        ``model -> guide``.
+    :param vi_steps: the most SVI steps VI may take; a run that has not converged by then warns
+        (:class:`~pyro_mle.results.ConvergenceWarning`) and has ``info["converged"] = False``.
+    :param vi_lr: Adam's learning rate while the guide approaches the optimum (lowered for
+        the averaging phase).
+    :param vi_tol: the convergence tolerance of VI: the largest move of the guide's means (in
+        posterior sds) and log-scales between the halves of the averaging phase
+        (:mod:`pyro_mle.vi`); widened by ``sqrt(1 + N/B)`` under a subsampling plate.
     :param diagnose: after NUTS, warn (:class:`~pyro_mle.diagnostics.DiagnosticWarning`)
         about r-hat > 1.01, ESS below 100 per chain and divergent transitions.
 
@@ -176,6 +184,10 @@ def posterior(
     for name, value in (("num_samples", num_samples), ("chains", chains)):
         if int(value) != value or value < 1:
             raise ValueError(f"posterior: {name} must be a positive integer; got {value!r}.")
+    if int(vi_steps) != vi_steps or vi_steps < 1:
+        raise ValueError(f"posterior: vi_steps must be a positive integer; got {vi_steps!r}.")
+    if not (vi_lr > 0 and vi_tol > 0):
+        raise ValueError(f"posterior: vi_lr and vi_tol must be positive; got vi_lr={vi_lr!r}, vi_tol={vi_tol!r}.")
     if int(warmup) != warmup or warmup < 0:
         raise ValueError(f"posterior: warmup must be a non-negative integer; got {warmup!r}.")
     if progress is None:
@@ -207,13 +219,13 @@ def posterior(
                 model, args, kwargs, tr, num_samples, warmup, chains, seed, progress, jit, options
             )
         elif method == "laplace":
-            samples, stats, info = _run_laplace(model, args, kwargs, num_samples, chains, seed)
+            samples, stats, info = run_laplace(model, args, kwargs, num_samples, chains, seed)
         else:
             # the guide's parameters live in a copy of the store: reproducible from the seed, and
             # the user's store is left as it was
             with _replay.param_store_copy():
-                samples, stats, info = _run_vi(
-                    model, args, kwargs, num_samples, chains, seed, progress, vi_steps, vi_lr
+                samples, stats, info = run_vi(
+                    model, args, kwargs, tr, num_samples, chains, seed, progress, guide, vi_steps, vi_lr, vi_tol
                 )
     info.update(run_time_s=time.perf_counter() - start, seed=seed, chains=chains, num_samples=num_samples)
     if method == "nuts":
@@ -305,167 +317,4 @@ def _run_nuts(model, args, kwargs, tr, num_samples, warmup, chains, seed, progre
             options["target_accept"],
             options["max_tree_depth"],
         )
-    return samples, stats, info
-
-
-# --------------------------------------------------------------------------- Laplace and VI
-
-
-def _draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, seed):
-    """Draws of a Gaussian over the flat unconstrained vector, unpacked and constrained.
-
-    ``seed`` is a seed spawned from the run's (:func:`~pyro_mle._rng.spawn_seeds`), so the
-    draws' stream is not the one that drove the fit before them.
-    """
-    g = torch.Generator().manual_seed(seed)
-    total = num_samples * chains
-    eps = torch.randn(total, loc.numel(), generator=g, dtype=loc.dtype)
-    flat = loc + eps @ scale_tril.T
-    samples, offset = {}, 0
-    for name, shape in layout:
-        size = math.prod(shape)
-        value = transforms[name].inv(flat[:, offset : offset + size].reshape((total,) + tuple(shape)))
-        samples[name] = value.reshape((chains, num_samples) + value.shape[1:])
-        offset += size
-    return samples, {}
-
-
-def _flat_potential(potential_fn, layout):
-    def f(theta):
-        params, offset = {}, 0
-        for name, shape in layout:
-            size = math.prod(shape)
-            params[name] = theta[offset : offset + size].reshape(shape)
-            offset += size
-        with warnings.catch_warnings():
-            # a trial point of the mode search where a log-density is NaN is a step too long,
-            # handled by the optimiser; Pyro's warning about it would only be noise
-            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-            return potential_fn(params)
-
-    return f
-
-
-def _run_laplace(model, args, kwargs, num_samples, chains, seed):
-    # the global generators were seeded by posterior's rng_scope(seed)
-    init, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
-    layout = [(k, tuple(v.shape)) for k, v in init.items()]
-    f = _flat_potential(potential_fn, layout)
-    mode = _find_mode(f, torch.cat([v.detach().reshape(-1) for v in init.values()]), layout)
-    hess = torch.autograd.functional.hessian(f, mode)
-    hess = 0.5 * (hess + hess.T)
-    try:
-        precision_tril = torch.linalg.cholesky(hess)
-    except RuntimeError:
-        raise ValueError(
-            "posterior(method='laplace'): the Hessian of the negative log joint at the mode is not positive "
-            "definite (a flat or non-identified direction). Use method='nuts', or add informative priors."
-        ) from None
-    eye = torch.eye(mode.numel(), dtype=mode.dtype)
-    covariance = torch.cholesky_solve(eye, precision_tril)
-    scale_tril = torch.linalg.cholesky(covariance)
-    (draw_seed,) = spawn_seeds(seed, 1)
-    samples, stats = _draw_gaussian(mode, scale_tril, layout, transforms, num_samples, chains, draw_seed)
-    info = {"loc": mode, "covariance": covariance, "layout": layout}
-    return samples, stats, info
-
-
-def _running_off(x: torch.Tensor, layout: list, beyond: float = 5.0) -> list[str]:
-    """The latent sites with an unconstrained value beyond ``±beyond`` (a scale below e⁻⁵ of
-    its unit): where a posterior without a mode sends its iterates."""
-    names, offset = [], 0
-    for name, shape in layout:
-        size = math.prod(shape)
-        segment = x[offset : offset + size]
-        if size and bool((segment.abs() > beyond).any()):
-            names.append(name)
-        offset += size
-    return names
-
-
-def _find_mode(f: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, layout: list = ()) -> torch.Tensor:
-    """The mode of the unconstrained posterior density: the same optimisers as ``fit`` (L-BFGS,
-    then Newton steps on the exact Hessian), judged by the same rule; a posterior without a mode
-    (a centred hierarchy, whose density is unbounded as its scale goes to 0) is refused by name."""
-    theta = start.clone().requires_grad_()
-
-    def evaluate(probe: bool) -> torch.Tensor | None:
-        theta.grad = None
-        with torch.enable_grad():
-            try:
-                loss = f(theta)
-            except (ValueError, RuntimeError):
-                loss = None
-        if loss is None or not bool(torch.isfinite(loss)):
-            if probe:
-                return None
-            raise ValueError(_NO_MODE.format(detail="the log density is not finite at the start"))
-        loss.backward()
-        return loss.detach()
-
-    num_data = 1.0
-    tolerance = default_tolerances(theta.dtype)
-    lbfgs(evaluate, [theta], num_steps=1000, lr=1.0, rtol=tolerance[0], gtol=tolerance[1], num_data=num_data)
-    value_and_grad = value_and_grad_from(f)
-
-    def safe(x: torch.Tensor) -> tuple[float, torch.Tensor]:
-        try:
-            loss, grad = value_and_grad(x)
-            return float(loss), grad
-        except (ValueError, RuntimeError):
-            return math.inf, torch.zeros_like(x)
-
-    result = newton(
-        safe,
-        theta.detach(),
-        hessian=hessian_from(f),
-        converged=lambda x, loss, g: relative_gradient(g, x, float(loss), num_data) <= tolerance[1],
-        max_decrement=100 * torch.finfo(theta.dtype).eps,
-        min_steps=1,
-    )
-    if not result.converged:
-        off = _running_off(result.x.detach(), list(layout)) or _running_off(theta.detach(), list(layout))
-        where = f"; running off in the unconstrained space: {', '.join(map(repr, off))}" if off else ""
-        raise ValueError(_NO_MODE.format(detail=result.message.rstrip(".") + where))
-    return result.x
-
-
-_NO_MODE = (
-    "posterior(method='laplace'): no mode of the posterior density was found ({detail}). A posterior "
-    "without a mode (a centred hierarchy, whose density grows without bound as its scale goes to 0) has no "
-    "Laplace approximation: use method='nuts', a non-centred parameterisation, or more informative priors."
-)
-
-
-def _run_vi(model, args, kwargs, num_samples, chains, seed, progress, steps, lr):
-    # the global generators were seeded by posterior's rng_scope(seed)
-    _, potential_fn, transforms, _ = initialize_model(model, model_args=args, model_kwargs=kwargs)
-    guide = AutoMultivariateNormal(model)
-    # lr decays 100-fold over the run so the final iterates settle instead of jittering
-    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.01 ** (1 / max(steps, 1))})
-    svi = SVI(model, guide, optim, Trace_ELBO())
-    losses = []
-    iterator = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="vi", file=sys.stderr)
-    for _ in iterator:
-        losses.append(svi.step(*args, **kwargs))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"posterior(method='vi'): the ELBO became {losses[-1]} at step {len(losses)}. Lower vi_lr "
-                "or check the model's scales."
-            )
-    with torch.no_grad():
-        gaussian = guide.get_posterior()
-        loc, scale_tril = gaussian.loc.detach().clone(), gaussian.scale_tril.detach().clone()
-        # the guide's latent vector lists the sites in prototype order, unconstrained shapes
-        layout = [
-            (name, tuple(guide._unconstrained_shapes[name]))
-            for name, _ in guide.prototype_trace.iter_stochastic_nodes()
-        ]
-    (draw_seed,) = spawn_seeds(seed, 1)
-    samples, stats = _draw_gaussian(loc, scale_tril, layout, transforms, num_samples, chains, draw_seed)
-    info = {"loc": loc, "covariance": scale_tril @ scale_tril.T, "layout": layout, "elbo": losses}
     return samples, stats, info

@@ -30,6 +30,7 @@ def regression(X, y=None):
         pyro.sample("y", dist.Normal(X @ w, s), obs=y)
 
 
+@pytest.mark.filterwarnings("ignore::pyro_mle.ConvergenceWarning")  # 300 VI steps: the densities are the subject
 @pytest.mark.parametrize("method", ["laplace", "vi"])
 def test_log_p_and_log_q_against_scipy(data, method):
     X, y = data
@@ -55,6 +56,7 @@ def test_log_p_and_log_q_against_scipy(data, method):
 # 100 draws: a row's Pareto k may cross the threshold by the seed; the warning is not the subject
 @pytest.mark.filterwarnings("ignore::pyro_mle.diagnostics.DiagnosticWarning")
 @pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
+@pytest.mark.filterwarnings("ignore::pyro_mle.ConvergenceWarning")  # 300 VI steps: the LOO is the subject
 def test_compare_uses_the_corrected_loo_for_vi_and_laplace(data):
     import arviz_stats as azs
 

@@ -72,6 +72,7 @@ def test_adam_fit_on_cuda_with_a_trace_matches_the_cpu_fit():
     np.testing.assert_allclose(estimate(gpu), estimate(cpu), atol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore::pyro_mle.ConvergenceWarning")  # VI capped at 1500 steps to stay short
 def test_posterior_samplers_and_datatree_on_cuda():
     x, y = data(n=300, d=3, device="cuda")
     design = np.c_[x.cpu().numpy(), np.ones(len(x))]

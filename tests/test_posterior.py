@@ -111,15 +111,6 @@ def test_laplace_is_exact_for_the_linear_gaussian_model(data):
     np.testing.assert_allclose(w.mean(0), m, atol=5 * np.sqrt(np.diag(C) / 4000).max())
 
 
-def test_vi_recovers_the_posterior_mean(data):
-    X, y, m, C = data
-    post = pyro_mle.posterior(blr, X, y, method="vi", num_samples=500, chains=2, vi_steps=2000)
-    # stated tolerance: within 0.2 posterior standard deviations (SVI noise, finite steps)
-    sd = np.sqrt(np.diag(C))
-    assert (np.abs(post.info["loc"].numpy() - m) < 0.2 * sd).all()
-    assert np.allclose(np.sqrt(np.diag(post.info["covariance"].numpy())), sd, rtol=0.25)
-
-
 def test_predict_draws_every_observed_site(nuts, data):
     X, y, _, _ = data
     pred = nuts.predict()
@@ -178,8 +169,9 @@ def test_bad_arguments_are_refused(data):
 def test_vi_is_reproducible_and_leaves_the_param_store_alone(data):
     X, y, _, _ = data
     pyro.clear_param_store()
-    a = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
-    b = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
+    with pytest.warns(pyro_mle.ConvergenceWarning):  # 50 steps: not converged, and said so
+        a = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
+        b = pyro_mle.posterior(blr, X, y, method="vi", num_samples=10, chains=1, vi_steps=50, seed=3)
     assert torch.equal(a.info["loc"], b.info["loc"]) and a.info["elbo"] == b.info["elbo"]
     assert list(pyro.get_param_store().keys()) == []
 
@@ -187,4 +179,5 @@ def test_vi_is_reproducible_and_leaves_the_param_store_alone(data):
         w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=X.dtype), TAU))
         Normal(scale=SIGMA)("y", X[:, 0] * w, obs=y)
 
-    pyro_mle.posterior(one_weight, X, y, method="vi", num_samples=10, chains=1, vi_steps=20)
+    with pytest.warns(pyro_mle.ConvergenceWarning):
+        pyro_mle.posterior(one_weight, X, y, method="vi", num_samples=10, chains=1, vi_steps=20)

@@ -33,6 +33,9 @@ FAST = {
 
 
 def run_posterior(method, seed):
+    if method == "vi":  # 20 steps are far from converged; the warning says so, and is not the subject here
+        with pytest.warns(pyro_mle.ConvergenceWarning):
+            return pyro_mle.posterior(line, X, Y, seed=seed, progress=False, diagnose=False, **FAST[method])
     return pyro_mle.posterior(line, X, Y, seed=seed, progress=False, diagnose=False, **FAST[method])
 
 
