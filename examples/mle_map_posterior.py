@@ -31,7 +31,8 @@ def main(args):
             y,
             methods=("mle", "map", "nuts"),
             seed=args.seed,
-            posterior_options={"num_samples": args.draws, "warmup": args.draws, "chains": 2},
+            # low-rank mass matrix: a line's intercept and slope are correlated a posteriori
+            posterior_options={"num_samples": args.draws, "warmup": args.draws, "chains": 2, "adaptation": "low_rank"},
         )
     print(cmp)
     path = out_dir(args) / "mle_map_posterior.png"
