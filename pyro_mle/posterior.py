@@ -38,6 +38,7 @@ from pyro.poutine.util import site_is_subsample
 
 from . import _nutpie, _pyro_nuts, _replay
 from ._rng import rng_scope, spawn_seeds
+from ._threads import threads_for, work_elements
 from .diagnostics import sampling_messages, warn
 from .laplace import run_laplace
 from .potential import build_potential
@@ -219,11 +220,13 @@ def posterior(
                 model, args, kwargs, tr, num_samples, warmup, chains, seed, progress, jit, options
             )
         elif method == "laplace":
-            samples, stats, info = run_laplace(model, args, kwargs, num_samples, chains, seed)
+            with threads_for(*work_elements(args, kwargs)):  # thousands of small evaluations
+                samples, stats, info = run_laplace(model, args, kwargs, num_samples, chains, seed)
         else:
             # the guide's parameters live in a copy of the store: reproducible from the seed, and
-            # the user's store is left as it was
-            with _replay.param_store_copy():
+            # the user's store is left as it was. Thousands of small SVI steps: on one thread
+            # unless the data are large (a step took 30 ms on 2 busy cores, 5-6 ms on one).
+            with _replay.param_store_copy(), threads_for(*work_elements(args, kwargs)):
                 samples, stats, info = run_vi(
                     model, args, kwargs, tr, num_samples, chains, seed, progress, guide, vi_steps, vi_lr, vi_tol
                 )
