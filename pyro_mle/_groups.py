@@ -5,6 +5,7 @@ helpers every group shares (dims from plates, tensor arguments as constant data)
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -61,6 +62,15 @@ def _signature(model: Callable) -> inspect.Signature:
     also under Pyro's handlers) is called through ``forward``, whose parameters name the
     arguments; ``Module.__call__`` itself only says ``(*args, **kwargs)``."""
     fn = inspect.unwrap(model)
+    # a program under Pyro's handlers (``poutine.x(model)``) is a partial of
+    # ``_context_wrap(messenger, model)``: the program is its last bound argument
+    while isinstance(fn, functools.partial):
+        if isinstance(fn.func, functools.partial):
+            fn = fn.func
+        elif getattr(fn.func, "__name__", "") == "_context_wrap" and fn.args:
+            fn = inspect.unwrap(fn.args[-1])
+        else:
+            break
     if isinstance(fn, torch.nn.Module):
         fn = fn.forward
     return inspect.signature(fn)
@@ -113,13 +123,15 @@ def predictions_groups(
     args: tuple,
     kwargs: Mapping[str, Any],
     pred_dims: Mapping[str, Sequence[str]] | None = None,
+    num: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]]]:
     """Posterior predictive draws at new inputs: ``(predictions, predictions_constant_data,
-    dims)``. ``draws`` has one leading draw dim (``chains`` × draws). Dims come from the
+    dims)``. ``draws`` has one leading draw dim (``chains`` × draws; ``num`` draws when it is
+    empty, a program whose estimates are all ``pyro.param``). Dims come from the
     plates of a run on the new inputs (the ``y_observed`` of ``obs_mask`` is named ``y``);
     ``pred_dims`` overrides them."""
     tr = _replay.trace_model(model, args, kwargs)
-    pp, _ = _replay.predictive_draws(model, draws, args, kwargs)
+    pp, _ = _replay.predictive_draws(model, draws, args, kwargs, num=num)
     names = _replay.observed_names(tr)
     out, dims = {}, {}
     for site, v in pp.items():

@@ -114,7 +114,8 @@ def to_datatree(
         if predictions is not None or pred_kwargs:
             new_args, new_kwargs = _prediction_inputs(predictions, pred_kwargs)
             pred, constant, pdims = predictions_groups(
-                ctx["free_model"], ctx["user_model"], ctx["draws"], ctx["chains"], new_args, new_kwargs, pred_dims
+                ctx["free_model"], ctx["user_model"], ctx["draws"], ctx["chains"], new_args, new_kwargs, pred_dims,
+                num=ctx["num"],
             )
             _add_group(dt, "predictions", pred, pdims, coords)
             if constant:
@@ -275,6 +276,7 @@ def _to_datatree(result, coords, dims, num_draws, predictive, log_likelihood):
         "dims": ({**post_dims, **(dims or {})}, all_obs_dims),
         "draws": flat,
         "chains": chains,
+        "num": chains * draws,
     }
     _warn_hidden_observations(obs, names)
     # ArviZ's converters (from_numpyro) stamp every group, not only the root

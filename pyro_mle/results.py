@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -218,8 +219,9 @@ class Fit:
         num_samples: int = 100,
         model: Callable[..., Any] | None = None,
         seed: int | None = None,
+        datatree: bool = False,
         **kwargs: Any,
-    ) -> Prediction:
+    ) -> Prediction | Any:
         """Draw every observed site from its likelihood at the estimate.
 
         Runs the model once with ``*args, **kwargs`` (new inputs, and ``y=None`` or the data,
@@ -239,6 +241,9 @@ class Fit:
         :param callable model: the program that was fitted; needed after :func:`load`.
         :param int seed: seed for the draws (default: the global random state); the caller's
             generators are left as they were.
+        :param bool datatree: return an ArviZ DataTree with ``predictions`` (``num_samples``
+            draws, marked ``point_estimate``) and ``predictions_constant_data`` groups, dims from
+            plates, as ``to_datatree(fit, predictions=args)`` builds it.
         """
         model = model if model is not None else self.model
         if model is None:
@@ -249,6 +254,14 @@ class Fit:
             )
         if int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"Fit.predict: num_samples must be a positive integer; got {num_samples!r}.")
+        if datatree:
+            from .datatree import to_datatree  # datatree imports this module
+
+            fit = self if self.model is model else dataclasses.replace(self, model=model)
+            return to_datatree(
+                fit, num_draws=int(num_samples), predictions=tuple(args), pred_kwargs=kwargs, predictive=False,
+                log_likelihood=False, seed=seed,
+            )  # fmt: skip
         with rng_scope(seed) if seed is not None else contextlib.nullcontext():
             return self._predict(model, args, kwargs, num_samples)
 

@@ -314,3 +314,29 @@ def test_posterior_predict_can_return_a_datatree():
     w = post.samples["w"].reshape(-1)
     spread = math.sqrt(float(w.var()) + 0.3**2) / math.sqrt(w.numel())
     assert abs(float(draws.sel(row=1).mean()) - float(w.mean())) < 5 * spread
+
+
+def test_fit_predict_can_return_a_datatree():
+    """Fit.predict(x_new, datatree=True): the likelihood at the estimate as the predictions
+    group (num_samples draws, marked a point estimate) and x_new as predictions_constant_data;
+    the draws at x = 1 are N(ŵ, 0.3²) with ŵ the least-squares slope (numpy)."""
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    y = 2 * x + 0.3 * torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def model(x, y=None):
+        w = pyro.param("w", torch.tensor(0.0, dtype=torch.float64))
+        with pyro.plate("row", len(x)):
+            pyro.sample("y", dist.Normal(w * x, 0.3), obs=y)
+
+    fit = pyro_mle.fit(model, x, y)
+    x_new = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    tree = fit.predict(x_new, datatree=True, num_samples=400, seed=1)
+    draws = tree["predictions"]["y"]
+    assert draws.dims == ("chain", "draw", "row") and draws.shape == (1, 400, 2)
+    assert tree["predictions"].attrs["point_estimate"] == "mle"
+    np.testing.assert_array_equal(tree["predictions_constant_data"]["x"].values, x_new.numpy())
+    w_hat = float(np.linalg.lstsq(x.numpy()[:, None], y.numpy(), rcond=None)[0][0])
+    assert stats.kstest(draws.sel(row=1).values.ravel(), stats.norm(w_hat, 0.3).cdf).pvalue > 1e-3
+    assert stats.kstest(draws.sel(row=0).values.ravel(), stats.norm(0.0, 0.3).cdf).pvalue > 1e-3
+    again = fit.predict(x_new, datatree=True, num_samples=400, seed=1)
+    np.testing.assert_array_equal(again["predictions"]["y"].values, draws.values)
