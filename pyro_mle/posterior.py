@@ -204,6 +204,10 @@ def posterior(
     if int(max_tree_depth) != max_tree_depth or max_tree_depth < 1:
         raise ValueError(f"posterior: max_tree_depth must be a positive integer; got {max_tree_depth!r}.")
     start = time.perf_counter()
+    user_model = model
+    # NaN where an observation is masked (obs_mask, poutine.mask) is how missing data are
+    # written; Pyro's support check refuses it even there, so those entries get a finite value
+    model = _replay.allow_masked_nan(model)
     with rng_scope(seed):  # the caller's generators are restored on the way out, also on error
         tr = _replay.trace_model(model, args, kwargs)
         _replay.require_observed(model, tr)
@@ -212,6 +216,24 @@ def posterior(
                 f"posterior: model {getattr(model, '__name__', model)!r} has no latent sample site, so there is no "
                 "posterior to draw. Give the parameters priors (pyro.sample), or use pyro_mle.fit for point estimates."
             )
+        imputed = _imputed_sites(tr)
+        if imputed:
+            names = ", ".join(repr(n) for n in imputed)
+            why = (
+                f"site(s) {names} impute their missing entries through obs_mask. Pyro makes '<site>_unobserved' "
+                "a latent of the site's full shape whose observed entries carry no density: a flat, improper "
+                "direction per observed row"
+            )
+            fix = (
+                "To leave the missing rows out of the likelihood, write `with pyro.poutine.mask(mask=mask): "
+                "pyro.sample(name, dist, obs=y)` (NaN allowed where masked); to impute them, draw the missing "
+                "values from the posterior predictive afterwards."
+            )
+            if method != "vi":
+                raise ValueError(
+                    f"posterior(method={method!r}): {why}, which NUTS cannot adapt to and Laplace cannot invert. {fix}"
+                )
+            warn([f"posterior(method='vi'): {why}; the guide's scales along them are not estimates. {fix}"])
         if method == "nuts":
             options = dict(
                 sampler=sampler, adaptation=adaptation, target_accept=target_accept, max_tree_depth=max_tree_depth
@@ -233,10 +255,25 @@ def posterior(
     info.update(run_time_s=time.perf_counter() - start, seed=seed, chains=chains, num_samples=num_samples)
     if method == "nuts":
         info["warmup"] = warmup
-    result = Posterior(method, samples, stats, info, model, tuple(args), dict(kwargs))
+    result = Posterior(method, samples, stats, info, user_model, tuple(args), dict(kwargs))
     if diagnose and method == "nuts":
         warn(sampling_messages(_draws_tree(result), max_tree_depth=max_tree_depth))
     return result
+
+
+def _imputed_sites(tr) -> list[str]:
+    """Observed sites written with ``obs_mask``: Pyro splits each into ``{name}_observed``
+    and a masked latent ``{name}_unobserved`` of the full shape."""
+    suffix = "_unobserved"
+    return [
+        name[: -len(suffix)]
+        for name, site in tr.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and name.endswith(suffix)
+        and f"{name[: -len(suffix)]}_observed" in tr.nodes
+        and site.get("mask") is not None
+    ]
 
 
 def _draws_tree(result: Posterior):
