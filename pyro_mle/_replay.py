@@ -160,8 +160,12 @@ def resample_observed(model: Callable) -> Callable:
 
 
 def allow_masked_nan(model: Callable) -> Callable:
-    """``model`` with :class:`MaskedNaN` applied: NaN accepted in ``obs`` where masked."""
-    return MaskedNaN()(model)
+    """``model`` with :class:`MaskedNaN` applied: NaN accepted in ``obs`` where masked. The
+    wrapper keeps the program's name (messages name the user's program) and signature."""
+    wrapped = MaskedNaN()(model)
+    wrapped.__name__ = getattr(model, "__name__", repr(model))
+    wrapped.__wrapped__ = model
+    return wrapped
 
 
 def observed_sites(tr: poutine.Trace) -> dict[str, dict]:
