@@ -76,6 +76,7 @@ def _log_p(model, args, kwargs, potential_fn, transforms, unconstrained, total) 
     ~1.9 ms a draw, most of ``compare``'s time for Laplace and VI), checked against the loop
     at the first and last draws; else, or when a draw's parameters or values fail their
     constraints (the loop's checks then name it), the loop."""
+
     def one(i: int) -> torch.Tensor:
         return -potential_fn({k: v[i] for k, v in unconstrained.items()})
 

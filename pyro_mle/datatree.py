@@ -114,7 +114,13 @@ def to_datatree(
         if predictions is not None or pred_kwargs:
             new_args, new_kwargs = _prediction_inputs(predictions, pred_kwargs)
             pred, constant, pdims = predictions_groups(
-                ctx["free_model"], ctx["user_model"], ctx["draws"], ctx["chains"], new_args, new_kwargs, pred_dims,
+                ctx["free_model"],
+                ctx["user_model"],
+                ctx["draws"],
+                ctx["chains"],
+                new_args,
+                new_kwargs,
+                pred_dims,
                 num=ctx["num"],
             )
             _add_group(dt, "predictions", pred, pdims, coords)

@@ -140,7 +140,14 @@ def test_lbfgs_stalls_on_a_kink_and_says_so(lbfgs):
     # test: a stall, not a convergence
     x = torch.tensor([3.3], dtype=F64, requires_grad=True)
     kink = math.pi / 3
-    result = lbfgs(closure(lambda v: ((v - kink).abs() + 0.5 * (v - kink)).sum(), [x]), [x], num_steps=500, lr=1.0, rtol=1e-15, gtol=1e-10)
+    result = lbfgs(
+        closure(lambda v: ((v - kink).abs() + 0.5 * (v - kink)).sum(), [x]),
+        [x],
+        num_steps=500,
+        lr=1.0,
+        rtol=1e-15,
+        gtol=1e-10,
+    )
 
     assert not result.converged, result.message
     assert result.stalled
