@@ -134,6 +134,29 @@ def test_lbfgs_backs_off_a_non_finite_trial_point(lbfgs):
 
 
 @DRIVERS
+def test_lbfgs_never_accepts_a_non_finite_trial_point_after_a_long_extrapolation(lbfgs):
+    # f(x) = 100(c − x) − log(c − x), minimised at c − 0.01, NaN beyond c: from x = 0 the
+    # search extrapolates 1 → 5 (the loss falls 40-fold) → 21 (NaN). A stand-in loss set from
+    # the last finite trial point would lie below the search's start and be taken as a point.
+    c = 5.1
+    x = torch.zeros(1, dtype=F64, requires_grad=True)
+
+    def evaluate(probe):  # None for a non-finite loss, trial point or not
+        x.grad = None
+        loss = 100.0 * (c - x[0]) - torch.log(c - x[0])
+        if not torch.isfinite(loss):
+            return None
+        loss.backward()
+        return loss.detach()
+
+    result = lbfgs(evaluate, [x], num_steps=100, lr=1.0, rtol=1e-10, gtol=1e-7)
+
+    assert result.converged, result.message
+    assert result.rejected > 0
+    assert abs(float(x.detach()) - (c - 0.01)) < 1e-8
+
+
+@DRIVERS
 def test_lbfgs_stalls_on_a_kink_and_says_so(lbfgs):
     # |x − π/3| + (x − π/3)/2: the line search brackets the kink and finds no lower loss, while
     # the gradient (−0.5 left of it, 1.5 right of it and 0.5 at it in torch) never passes the

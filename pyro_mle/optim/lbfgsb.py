@@ -73,8 +73,10 @@ def lbfgsb(
 
     views = [p.view(-1) for p in params]  # float64 CPU leaves: x is written through these
     sizes = [p.numel() for p in params]
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = {}  # the last finite evaluation (a trial point or an iterate)
     rejected = 0
+    rejected_at: list[np.ndarray] = []  # the last trial point whose loss was not finite
+    anchor = [math.inf]  # the loss at the last accepted iterate, where the line search starts
 
     def write(x: np.ndarray) -> None:
         with torch.no_grad():
@@ -92,8 +94,12 @@ def lbfgsb(
             # A non-finite loss at a trial point is a step too long: a finite loss above the
             # current one (the search shortens the step) and a zero gradient keep the search's
             # interpolation finite, as in :func:`~pyro_mle.optim.lbfgs.lbfgs`.
+            # The stand-in is set above the loss where this line search started (not the last
+            # finite trial point's, which an extrapolating search may have left far below it):
+            # scipy's search, unlike torch's, would otherwise accept a lower stand-in as a point.
             rejected += 1
-            current = last.get("loss", 0.0)
+            rejected_at[:] = [x.copy()]
+            current = max(anchor[0] if math.isfinite(anchor[0]) else -math.inf, last.get("loss", 0.0))
             return current + 10.0 * (abs(current) + 1.0), np.zeros_like(x)
         grads = [p.grad for p in params]
         g = flat_grad(params).numpy().copy()
@@ -103,6 +109,7 @@ def lbfgsb(
     x = flat(params).numpy().copy()
     loss, _ = fun(x, probe=False)
     at = dict(last)  # the last accepted iterate: x, loss, g, grads
+    anchor[0] = loss
     on_step(loss)
     grad_norm = relative_gradient(torch.from_numpy(at["g"]), torch.from_numpy(x), loss, num_data)
     steps, rel = 0, math.inf
@@ -110,6 +117,8 @@ def lbfgsb(
     def callback(intermediate_result: Any) -> None:
         nonlocal steps, loss, grad_norm, rel, at
         new_x = intermediate_result.x
+        if rejected_at and np.array_equal(new_x, rejected_at[0]):
+            raise _Stalled  # never an iterate whose loss was not finite
         new, g = fun(new_x, probe=False)  # the search's last evaluation, remembered
         new_norm = relative_gradient(torch.from_numpy(g), torch.from_numpy(new_x), new, num_data)
         # Near an optimum the loss is flat to rounding and a step may leave it equal while
@@ -117,6 +126,7 @@ def lbfgsb(
         if new > loss or (new == loss and new_norm >= grad_norm):
             raise _Stalled
         at = dict(last)
+        anchor[0] = new
         steps += 1
         on_step(new)
         rel = relative_change(new, loss)
