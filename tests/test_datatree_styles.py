@@ -73,15 +73,9 @@ def eight_pair():
     return ref, pyro_mle.to_datatree(post)
 
 
-def test_eight_schools_deterministic_matches_from_numpyro(eight_pair):
+def test_eight_schools_deterministic_matches_from_numpyro(eight_pair, same_groups):
     ref, dt = eight_pair
-    for group in ("posterior", "log_likelihood", "observed_data"):
-        ours, theirs = dt[group].to_dataset(), ref[group].to_dataset()
-        assert set(ours.data_vars) == set(theirs.data_vars), group
-        for name in theirs.data_vars:
-            assert ours[name].dims == theirs[name].dims, (group, name)
-            assert ours[name].dtype == theirs[name].dtype, (group, name)
-            np.testing.assert_allclose(ours[name].values, theirs[name].values, rtol=1e-10, err_msg=f"{group}/{name}")
+    same_groups(dt, ref)
     assert "theta" not in dt["observed_data"] and "theta" not in dt["log_likelihood"]
     assert dt["posterior"].attrs["inference_library"] == "pyro"
     assert dt["posterior"].attrs["inference_library_version"] == pyro.__version__
